@@ -1,0 +1,270 @@
+// glf_stats: per-sample, per-class true-positive, false-positive and false-negative sums of a
+// soft prediction against a soft mask or an integer label map, with an optional fused
+// sigmoid/softmax, in one pass; and its backward, in one pass from the per-class weights.
+//
+// Layout: pred [N, C, S] contiguous (S = flattened spatial size); target either dense
+// [N, C, S] of pred's dtype, or a label map [N, S] (class c is `label == c`; with C == 1 the
+// foreground is `label == 1`).
+#include "medtune.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace medtune {
+namespace {
+
+template <typename scalar_t>
+struct DenseTarget {
+  const scalar_t* data;
+  int64_t C, S;
+  const scalar_t* row(int64_t n, int64_t c) const { return data + (n * C + c) * S; }
+  static scalar_t at(const scalar_t* row, int64_t s) { return row[s]; }
+};
+
+template <typename scalar_t, typename label_t>
+struct LabelTarget {
+  const label_t* data;
+  int64_t C, S;
+  struct Row {
+    const label_t* p;
+    int64_t cls;
+  };
+  Row row(int64_t n, int64_t c) const { return {data + n * S, C == 1 ? 1 : c}; }
+  static scalar_t at(const Row& row, int64_t s) {
+    return static_cast<int64_t>(row.p[s]) == row.cls ? scalar_t(1) : scalar_t(0);
+  }
+};
+
+constexpr int64_t kBlock = 256;  // voxels per softmax sub-block
+
+template <typename scalar_t>
+inline scalar_t activate(scalar_t x, int64_t activation) {
+  return activation == kSigmoid ? sigmoid(x) : x;
+}
+
+// partial: [N, chunks, C, 3] accumulators of (sum p*g, sum p, sum g).
+template <typename scalar_t, typename Target>
+void forward_kernel(const scalar_t* x, const Target& target, int64_t N, int64_t C, int64_t S,
+                    int64_t activation, double* partial) {
+  const int64_t chunks = num_chunks(S);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < chunks; ++k) {
+      const int64_t begin = k * kChunk, end = std::min(S, begin + kChunk);
+      double* out = partial + ((n * chunks + k) * C) * 3;
+      if (activation != kSoftmax) {
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = x + (n * C + c) * S;
+          const auto tr = target.row(n, c);
+          double spg = 0, sp = 0, sg = 0;
+#pragma omp simd reduction(+ : spg, sp, sg)
+          for (int64_t s = begin; s < end; ++s) {
+            const scalar_t p = activate(xr[s], activation);
+            const scalar_t g = Target::at(tr, s);
+            spg += p * g;
+            sp += p;
+            sg += g;
+          }
+          out[c * 3 + 0] = spg;
+          out[c * 3 + 1] = sp;
+          out[c * 3 + 2] = sg;
+        }
+        continue;
+      }
+      std::vector<double> acc(C * 3, 0.0);
+      scalar_t mx[kBlock], den[kBlock];
+      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+        const int64_t len = std::min(kBlock, end - b0);
+        const scalar_t* x0 = x + n * C * S + b0;
+        for (int64_t i = 0; i < len; ++i) mx[i] = x0[i];
+        for (int64_t c = 1; c < C; ++c) {
+          const scalar_t* xr = x0 + c * S;
+#pragma omp simd
+          for (int64_t i = 0; i < len; ++i) mx[i] = xr[i] > mx[i] ? xr[i] : mx[i];
+        }
+        for (int64_t i = 0; i < len; ++i) den[i] = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = x0 + c * S;
+#pragma omp simd
+          for (int64_t i = 0; i < len; ++i) den[i] += exp_approx(xr[i] - mx[i]);
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = x0 + c * S;
+          const auto tr = target.row(n, c);
+          double spg = 0, sp = 0, sg = 0;
+#pragma omp simd reduction(+ : spg, sp, sg)
+          for (int64_t i = 0; i < len; ++i) {
+            const scalar_t p = exp_approx(xr[i] - mx[i]) / den[i];
+            const scalar_t g = Target::at(tr, b0 + i);
+            spg += p * g;
+            sp += p;
+            sg += g;
+          }
+          acc[c * 3 + 0] += spg;
+          acc[c * 3 + 1] += sp;
+          acc[c * 3 + 2] += sg;
+        }
+      }
+      std::copy(acc.begin(), acc.end(), out);
+    }
+  }
+}
+
+// grad = d/dx of sum_c (a[c] * p_c + b[c] * p_c * g_c), i.e. dL/dp = a + b * g.
+template <typename scalar_t, typename Target>
+void backward_kernel(const scalar_t* x, const Target& target, int64_t N, int64_t C, int64_t S,
+                     int64_t activation, const scalar_t* a, const scalar_t* b, scalar_t* grad) {
+  const int64_t chunks = num_chunks(S);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < chunks; ++k) {
+      const int64_t begin = k * kChunk, end = std::min(S, begin + kChunk);
+      if (activation != kSoftmax) {
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = x + (n * C + c) * S;
+          scalar_t* gr = grad + (n * C + c) * S;
+          const auto tr = target.row(n, c);
+          const scalar_t ac = a[n * C + c], bc = b[n * C + c];
+          if (activation == kSigmoid) {
+#pragma omp simd
+            for (int64_t s = begin; s < end; ++s) {
+              const scalar_t p = sigmoid(xr[s]);
+              gr[s] = (ac + bc * Target::at(tr, s)) * p * (scalar_t(1) - p);
+            }
+          } else {
+#pragma omp simd
+            for (int64_t s = begin; s < end; ++s) gr[s] = ac + bc * Target::at(tr, s);
+          }
+        }
+        continue;
+      }
+      scalar_t mx[kBlock], den[kBlock], dot[kBlock];
+      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+        const int64_t len = std::min(kBlock, end - b0);
+        const scalar_t* x0 = x + n * C * S + b0;
+        scalar_t* g0 = grad + n * C * S + b0;
+        for (int64_t i = 0; i < len; ++i) mx[i] = x0[i];
+        for (int64_t c = 1; c < C; ++c) {
+          const scalar_t* xr = x0 + c * S;
+#pragma omp simd
+          for (int64_t i = 0; i < len; ++i) mx[i] = xr[i] > mx[i] ? xr[i] : mx[i];
+        }
+        for (int64_t i = 0; i < len; ++i) den[i] = 0, dot[i] = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = x0 + c * S;
+#pragma omp simd
+          for (int64_t i = 0; i < len; ++i) den[i] += exp_approx(xr[i] - mx[i]);
+        }
+        // First pass: store p_c * dL/dp_c in grad and accumulate the dot product.
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = x0 + c * S;
+          scalar_t* gr = g0 + c * S;
+          const auto tr = target.row(n, c);
+          const scalar_t ac = a[n * C + c], bc = b[n * C + c];
+#pragma omp simd
+          for (int64_t i = 0; i < len; ++i) {
+            const scalar_t p = exp_approx(xr[i] - mx[i]) / den[i];
+            const scalar_t pd = p * (ac + bc * Target::at(tr, b0 + i));
+            gr[i] = pd;
+            dot[i] += pd;
+          }
+        }
+        // Second pass: grad_c = p_c * (dL/dp_c - sum_k p_k dL/dp_k).
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = x0 + c * S;
+          scalar_t* gr = g0 + c * S;
+#pragma omp simd
+          for (int64_t i = 0; i < len; ++i) {
+            const scalar_t p = exp_approx(xr[i] - mx[i]) / den[i];
+            gr[i] -= p * dot[i];
+          }
+        }
+      }
+    }
+  }
+}
+
+template <typename label_t>
+int64_t count_invalid_labels(const label_t* labels, int64_t numel, int64_t num_labels) {
+  int64_t invalid = 0;
+#pragma omp parallel for simd reduction(+ : invalid)
+  for (int64_t i = 0; i < numel; ++i) {
+    const int64_t v = static_cast<int64_t>(labels[i]);
+    invalid += (v < 0) | (v >= num_labels);
+  }
+  return invalid;
+}
+
+void check_inputs(const at::Tensor& pred, const at::Tensor& target, bool labels) {
+  TORCH_CHECK(pred.dim() == 3 && pred.is_contiguous(), "glf_stats: pred must be contiguous [N, C, S]");
+  TORCH_CHECK(pred.device().is_cpu() && target.device().is_cpu(), "glf_stats: CPU tensors only");
+  TORCH_CHECK(pred.scalar_type() == at::kFloat || pred.scalar_type() == at::kDouble,
+              "glf_stats: pred must be float32 or float64");
+  TORCH_CHECK(target.is_contiguous(), "glf_stats: target must be contiguous");
+  if (labels) {
+    TORCH_CHECK(target.dim() == 2 && target.size(0) == pred.size(0) && target.size(1) == pred.size(2),
+                "glf_stats: label map must be [N, S]");
+  } else {
+    TORCH_CHECK(target.sizes() == pred.sizes() && target.scalar_type() == pred.scalar_type(),
+                "glf_stats: dense target must match pred in shape and dtype");
+  }
+}
+
+// Calls fn(x, target_accessor) with the typed pointers for pred's dtype and target's kind.
+template <typename Fn>
+void dispatch(const at::Tensor& pred, const at::Tensor& target, bool labels, Fn&& fn) {
+  const int64_t C = pred.size(1), S = pred.size(2);
+  AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "glf_stats", [&] {
+    const scalar_t* x = pred.data_ptr<scalar_t>();
+    if (labels) {
+      MEDTUNE_DISPATCH_LABELS(target.scalar_type(), "glf_stats", [&] {
+        fn(x, LabelTarget<scalar_t, label_t>{target.data_ptr<label_t>(), C, S});
+      });
+    } else {
+      fn(x, DenseTarget<scalar_t>{target.data_ptr<scalar_t>(), C, S});
+    }
+  });
+}
+
+}  // namespace
+
+// Returns (stats [N, C, 3] float64 holding tp, fp, fn; number of out-of-range labels).
+std::tuple<at::Tensor, int64_t> glf_stats_forward(const at::Tensor& pred, const at::Tensor& target,
+                                                  bool labels, int64_t activation) {
+  check_inputs(pred, target, labels);
+  const int64_t N = pred.size(0), C = pred.size(1), S = pred.size(2);
+  int64_t invalid = 0;
+  if (labels) {
+    MEDTUNE_DISPATCH_LABELS(target.scalar_type(), "glf_stats", [&] {
+      invalid = count_invalid_labels(target.data_ptr<label_t>(), target.numel(), std::max<int64_t>(C, 2));
+    });
+    if (invalid > 0) return {at::empty({0}, pred.options().dtype(at::kDouble)), invalid};
+  }
+  const int64_t chunks = num_chunks(S);
+  auto partial = at::zeros({N, chunks, C, 3}, pred.options().dtype(at::kDouble));
+  dispatch(pred, target, labels, [&](auto x, const auto& tgt) {
+    forward_kernel(x, tgt, N, C, S, activation, partial.data_ptr<double>());
+  });
+  auto sums = partial.sum(1);  // [N, C, 3]: sum p*g, sum p, sum g
+  auto tp = sums.select(2, 0);
+  auto stats = at::stack({tp, sums.select(2, 1) - tp, sums.select(2, 2) - tp}, 2);
+  return {stats, 0};
+}
+
+at::Tensor glf_stats_backward(const at::Tensor& pred, const at::Tensor& target, bool labels,
+                              int64_t activation, const at::Tensor& coef_a, const at::Tensor& coef_b) {
+  check_inputs(pred, target, labels);
+  const int64_t N = pred.size(0), C = pred.size(1), S = pred.size(2);
+  auto a = coef_a.to(pred.scalar_type()).contiguous();
+  auto b = coef_b.to(pred.scalar_type()).contiguous();
+  TORCH_CHECK(a.numel() == N * C && b.numel() == N * C, "glf_stats: coefficients must be [N, C]");
+  auto grad = at::empty_like(pred);
+  dispatch(pred, target, labels, [&](auto x, const auto& tgt) {
+    using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
+    backward_kernel(x, tgt, N, C, S, activation, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+                    grad.data_ptr<scalar_t>());
+  });
+  return grad;
+}
+
+}  // namespace medtune

@@ -1,0 +1,36 @@
+"""medtune's kernel ops: one front-end per op, dispatched to the best available backend.
+
+Backends: ``torch`` (the pure-PyTorch reference, every device), ``cpp`` (``medtune._C``,
+C++/OpenMP, CPU) and ``triton`` (CUDA; on the CPU only under ``TRITON_INTERPRET=1``, for
+tests). Force one with :func:`use_backend` or ``MEDTUNE_KERNEL_BACKEND``.
+"""
+
+from medtune.kernels.dispatch import (
+    KernelImpl,
+    backends,
+    candidates,
+    forced_backend,
+    ops,
+    register_impl,
+    select,
+    use_backend,
+)
+from medtune.kernels.glf_loss import glf_loss, glf_loss_reference, overlap_ratio_loss
+from medtune.kernels.glf_stats import GLFStats, glf_stats, glf_stats_reference
+
+__all__ = [
+    "GLFStats",
+    "KernelImpl",
+    "backends",
+    "candidates",
+    "forced_backend",
+    "glf_loss",
+    "glf_loss_reference",
+    "glf_stats",
+    "glf_stats_reference",
+    "ops",
+    "overlap_ratio_loss",
+    "register_impl",
+    "select",
+    "use_backend",
+]

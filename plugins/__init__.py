@@ -1,0 +1,1 @@
+"""medtune's built-in plugins, one sub-package per kind; registered by ``builtin``."""
