@@ -10,7 +10,7 @@ from typing import Any
 
 from medtune.hookspecs import hookimpl
 from medtune.errors import MedtuneError, PluginError, UnknownPluginError
-from medtune.registry import KINDS, available, create, registry
+from medtune.registry import KINDS, available, create
 
 __version__ = "0.1.0"
 
@@ -22,7 +22,6 @@ __all__ = [
     "available",
     "create",
     "hookimpl",
-    "registry",
     "__version__",
 ]
 

@@ -1,0 +1,99 @@
+"""The ``medtune`` command line: ``plugins``, ``doctor`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from medtune import doctor
+from medtune.registry import KINDS, registry
+
+
+def _cmd_plugins(args: argparse.Namespace, console: Console) -> int:
+    reg = registry()
+    infos = reg.plugins()  # collects every kind, so broken hooks are known below
+    sources = Table(title="installed plugins")
+    for column in ("plugin", "distribution", "version", "status"):
+        sources.add_column(column)
+    for info in infos:
+        status = "[red]broken[/red]" if info.broken else "ok"
+        sources.add_row(info.name, info.distribution, info.version, status)
+    console.print(sources)
+    provided = Table(title="what they provide")
+    for column in ("kind", "name", "plugin", "distribution"):
+        provided.add_column(column)
+    for kind in KINDS:
+        for name, entries in sorted(reg.entries(kind).items()):
+            conflict = " [red](conflict: provided twice)[/red]" if len(entries) > 1 else ""
+            for entry in entries:
+                provided.add_row(kind, name + conflict, entry.plugin.name, entry.plugin.distribution)
+    for entry in reg.kernel_impls():
+        impl = entry.factory
+        label = f"{getattr(impl, 'op', '?')}/{getattr(impl, 'backend', '?')}"
+        provided.add_row("kernel_impl", label, entry.plugin.name, entry.plugin.distribution)
+    console.print(provided)
+    for info in infos:
+        for problem in info.problems:
+            console.print(f"[red]broken:[/red] {info.label} {problem}")
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace, console: Console) -> int:
+    report = doctor.collect()
+    table = Table(title="medtune doctor", show_header=False)
+    table.add_column("item")
+    table.add_column("value")
+    for key, value in report.environment:
+        table.add_row(key, value)
+    console.print(table)
+    ops = Table(title="kernel backends (chosen first, then the alternatives)")
+    for column in ("op", "device", "uses", "alternatives"):
+        ops.add_column(column)
+    for row in report.ops:
+        ops.add_row(row.op, row.device, row.chosen, "; ".join(row.alternatives))
+    console.print(ops)
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    try:
+        from benchmarks.__main__ import main as bench_main
+    except ImportError:
+        console.print(
+            "[red]error:[/red] the benchmarks live in the source checkout; run `medtune bench` "
+            "from the repository root (where the benchmarks/ folder is)."
+        )
+        return 2
+    return bench_main(args.bench_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medtune",
+        description="Tune medical-imaging deep learning: losses, search, kernels.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("plugins", help="list every plugin by kind, broken ones marked")
+    commands.add_parser("doctor", help="check Python, torch, Triton, compiler, kernels, GPU")
+    bench = commands.add_parser(
+        "bench", help="measure medtune against its peers and write BENCHMARKS.md"
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the runner")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if args.command == "bench":
+        sys.path.insert(0, ".")
+    handler = {"plugins": _cmd_plugins, "doctor": _cmd_doctor, "bench": _cmd_bench}[args.command]
+    return handler(args, console)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Backend selection: automatic choice, use_backend, MEDTUNE_KERNEL_BACKEND, plugin kernels."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import medtune.registry as registry_module
+from medtune import hookimpl
+from medtune.errors import BackendUnavailableError
+from medtune.kernels import KernelImpl, dispatch, glf_stats, select, use_backend
+from medtune.registry import Registry
+
+
+def test_cpu_prefers_the_compiled_kernels():
+    from tests.conftest import backend_or_skip
+
+    backend_or_skip("glf_stats", "cpp")
+    assert select("glf_stats", "cpu").backend == "cpp"
+    assert select("glf_stats_backward", "cpu").backend == "cpp"
+
+
+def test_use_backend_overrides_and_restores():
+    before = select("glf_stats", "cpu").backend
+    with use_backend("torch"):
+        assert select("glf_stats", "cpu").backend == "torch"
+        with use_backend(None):
+            assert select("glf_stats", "cpu").backend == before
+    assert select("glf_stats", "cpu").backend == before
+
+
+def test_unknown_or_impossible_backend_is_a_clear_error():
+    with pytest.raises(BackendUnavailableError, match="unknown kernel backend 'cuda_magic'"):
+        with use_backend("cuda_magic"):
+            pass
+    with use_backend("cpp"), pytest.raises(BackendUnavailableError, match="does not run on 'cuda'"):
+        select("glf_stats", "cuda")
+
+
+def test_environment_variable_forces_a_backend(monkeypatch):
+    monkeypatch.setenv("MEDTUNE_KERNEL_BACKEND", "torch")
+    assert select("glf_stats", "cpu").backend == "torch"
+    monkeypatch.setenv("MEDTUNE_KERNEL_BACKEND", "nonexistent")
+    with pytest.raises(BackendUnavailableError, match="has no 'nonexistent' backend"):
+        select("glf_stats", "cpu")
+
+
+def test_env_var_reaches_a_fresh_process():
+    code = "import medtune.kernels as k; print(k.select('glf_stats', 'cpu').backend)"
+    env = dict(os.environ, MEDTUNE_KERNEL_BACKEND="torch")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "torch"
+
+
+class _KernelPlugin:
+    """A plugin contributing a 'doubled' backend that is the reference times two."""
+
+    calls = 0
+
+    @hookimpl
+    def medtune_kernel_impls(self):
+        def doubled(pred, target, labels, activation):
+            _KernelPlugin.calls += 1
+            torch_impl = dispatch._IMPLS["glf_stats"]["torch"].fn
+            return 2 * torch_impl(pred, target, labels, activation)
+
+        return {"doubled_glf": KernelImpl("glf_stats", "doubled", doubled, {"cpu": 100})}
+
+
+def test_kernel_impls_hook_adds_a_backend(monkeypatch):
+    reg = Registry(entry_points=[])
+    reg.register(_KernelPlugin(), "kernels")
+    monkeypatch.setattr(registry_module, "_REGISTRY", reg)
+    monkeypatch.setattr(dispatch, "_IMPLS", {op: dict(t) for op, t in dispatch._IMPLS.items()})
+    monkeypatch.setattr(dispatch, "_PLUGINS_LOADED", False)
+    assert select("glf_stats", "cpu").backend == "doubled"  # highest priority wins
+    pred, target = torch.rand(1, 1, 4, 4), (torch.rand(1, 1, 4, 4) > 0.5).float()
+    tp = glf_stats(pred, target).true_positives
+    with use_backend("torch"):
+        torch.testing.assert_close(tp, 2 * glf_stats(pred, target).true_positives)
+    assert _KernelPlugin.calls == 1
+
+
+def test_fallback_without_compiler_warns_once_and_stays_correct(tmp_path):
+    code = textwrap.dedent(
+        """
+        import warnings, torch
+        warnings.simplefilter("always")
+        from medtune.kernels import glf_stats, glf_stats_reference, select
+        from medtune.kernels.extension import extension_error
+        p, t = torch.rand(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a = glf_stats(p, t)
+            b = glf_stats(p, t)
+        ours = [w for w in caught if "could not be built" in str(w.message)]
+        assert len(ours) == 1, [str(w.message) for w in caught]
+        for x, y in zip(a, glf_stats_reference(p, t)):
+            torch.testing.assert_close(x, y)
+        assert select("glf_stats", "cpu").backend == "torch"
+        print("ERROR:", extension_error())
+        """
+    )
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), MEDTUNE_CACHE_DIR=str(tmp_path))
+    env.pop("MEDTUNE_KERNEL_BACKEND", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "ERROR:" in out.stdout
