@@ -8,7 +8,6 @@
 #include "medtune.h"
 
 #include <algorithm>
-#include <vector>
 
 namespace medtune {
 namespace {
@@ -37,148 +36,171 @@ struct LabelTarget {
 
 constexpr int64_t kBlock = 256;  // voxels per softmax sub-block
 
-template <typename scalar_t>
-inline scalar_t activate(scalar_t x, int64_t activation) {
-  return activation == kSigmoid ? sigmoid(x) : x;
+template <int64_t ACT, typename scalar_t>
+inline scalar_t activate(scalar_t x) {
+  if constexpr (ACT == kSigmoid) {
+    return sigmoid(x);
+  } else {
+    return x;
+  }
 }
 
-// partial: [N, chunks, C, 3] accumulators of (sum p*g, sum p, sum g).
+// Sums (p*g, p, g) of class c over voxels [begin, end) for an elementwise activation. The
+// sums of one chunk are kept in scalar_t so the loop vectorises; chunks are added in double.
+template <int64_t ACT, typename scalar_t, typename Target>
+void chunk_sums(const scalar_t* x, const Target& target, int64_t n, int64_t C, int64_t S,
+                int64_t begin, int64_t end, double* out) {
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* xr = x + (n * C + c) * S;
+    const auto tr = target.row(n, c);
+    scalar_t spg = 0, sp = 0, sg = 0;
+#pragma omp simd reduction(+ : spg, sp, sg)
+    for (int64_t s = begin; s < end; ++s) {
+      const scalar_t p = activate<ACT>(xr[s]);
+      const scalar_t g = Target::at(tr, s);
+      spg += p * g;
+      sp += p;
+      sg += g;
+    }
+    out[c * 3 + 0] = spg;
+    out[c * 3 + 1] = sp;
+    out[c * 3 + 2] = sg;
+  }
+}
+
+// Per-voxel softmax statistics of one block: channel max and sum of exp(x - max).
+template <typename scalar_t>
+void softmax_block(const scalar_t* x0, int64_t C, int64_t S, int64_t len, scalar_t* mx,
+                   scalar_t* den) {
+  for (int64_t i = 0; i < len; ++i) mx[i] = x0[i], den[i] = 0;
+  for (int64_t c = 1; c < C; ++c) {
+    const scalar_t* xr = x0 + c * S;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) mx[i] = xr[i] > mx[i] ? xr[i] : mx[i];
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* xr = x0 + c * S;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) den[i] += exp_approx(xr[i] - mx[i]);
+  }
+}
+
+// Same sums with a softmax over the channels, block by block.
 template <typename scalar_t, typename Target>
+void chunk_sums_softmax(const scalar_t* x, const Target& target, int64_t n, int64_t C, int64_t S,
+                        int64_t begin, int64_t end, double* out) {
+  std::fill(out, out + C * 3, 0.0);
+  scalar_t mx[kBlock], den[kBlock];
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    const int64_t len = std::min(kBlock, end - b0);
+    const scalar_t* x0 = x + n * C * S + b0;
+    softmax_block(x0, C, S, len, mx, den);
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* xr = x0 + c * S;
+      const auto tr = target.row(n, c);
+      scalar_t spg = 0, sp = 0, sg = 0;
+#pragma omp simd reduction(+ : spg, sp, sg)
+      for (int64_t i = 0; i < len; ++i) {
+        const scalar_t p = exp_approx(xr[i] - mx[i]) / den[i];
+        const scalar_t g = Target::at(tr, b0 + i);
+        spg += p * g;
+        sp += p;
+        sg += g;
+      }
+      out[c * 3 + 0] += spg;
+      out[c * 3 + 1] += sp;
+      out[c * 3 + 2] += sg;
+    }
+  }
+}
+
+// partial: [N, chunks, C, 3] sums of (p*g, p, g), one slot per (sample, chunk).
+template <int64_t ACT, typename scalar_t, typename Target>
 void forward_kernel(const scalar_t* x, const Target& target, int64_t N, int64_t C, int64_t S,
-                    int64_t activation, double* partial) {
+                    double* partial) {
   const int64_t chunks = num_chunks(S);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t k = 0; k < chunks; ++k) {
       const int64_t begin = k * kChunk, end = std::min(S, begin + kChunk);
       double* out = partial + ((n * chunks + k) * C) * 3;
-      if (activation != kSoftmax) {
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* xr = x + (n * C + c) * S;
-          const auto tr = target.row(n, c);
-          double spg = 0, sp = 0, sg = 0;
-#pragma omp simd reduction(+ : spg, sp, sg)
-          for (int64_t s = begin; s < end; ++s) {
-            const scalar_t p = activate(xr[s], activation);
-            const scalar_t g = Target::at(tr, s);
-            spg += p * g;
-            sp += p;
-            sg += g;
-          }
-          out[c * 3 + 0] = spg;
-          out[c * 3 + 1] = sp;
-          out[c * 3 + 2] = sg;
-        }
-        continue;
+      if constexpr (ACT == kSoftmax) {
+        chunk_sums_softmax(x, target, n, C, S, begin, end, out);
+      } else {
+        chunk_sums<ACT>(x, target, n, C, S, begin, end, out);
       }
-      std::vector<double> acc(C * 3, 0.0);
-      scalar_t mx[kBlock], den[kBlock];
-      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
-        const int64_t len = std::min(kBlock, end - b0);
-        const scalar_t* x0 = x + n * C * S + b0;
-        for (int64_t i = 0; i < len; ++i) mx[i] = x0[i];
-        for (int64_t c = 1; c < C; ++c) {
-          const scalar_t* xr = x0 + c * S;
-#pragma omp simd
-          for (int64_t i = 0; i < len; ++i) mx[i] = xr[i] > mx[i] ? xr[i] : mx[i];
-        }
-        for (int64_t i = 0; i < len; ++i) den[i] = 0;
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* xr = x0 + c * S;
-#pragma omp simd
-          for (int64_t i = 0; i < len; ++i) den[i] += exp_approx(xr[i] - mx[i]);
-        }
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* xr = x0 + c * S;
-          const auto tr = target.row(n, c);
-          double spg = 0, sp = 0, sg = 0;
-#pragma omp simd reduction(+ : spg, sp, sg)
-          for (int64_t i = 0; i < len; ++i) {
-            const scalar_t p = exp_approx(xr[i] - mx[i]) / den[i];
-            const scalar_t g = Target::at(tr, b0 + i);
-            spg += p * g;
-            sp += p;
-            sg += g;
-          }
-          acc[c * 3 + 0] += spg;
-          acc[c * 3 + 1] += sp;
-          acc[c * 3 + 2] += sg;
-        }
-      }
-      std::copy(acc.begin(), acc.end(), out);
     }
   }
 }
 
-// grad = d/dx of sum_c (a[c] * p_c + b[c] * p_c * g_c), i.e. dL/dp = a + b * g.
+// grad = dL/dx for dL/dp = a + b * g, through an elementwise activation.
+template <int64_t ACT, typename scalar_t, typename Target>
+void chunk_grad(const scalar_t* x, const Target& target, int64_t n, int64_t C, int64_t S,
+                int64_t begin, int64_t end, const scalar_t* a, const scalar_t* b, scalar_t* grad) {
+  for (int64_t c = 0; c < C; ++c) {
+    const scalar_t* xr = x + (n * C + c) * S;
+    scalar_t* gr = grad + (n * C + c) * S;
+    const auto tr = target.row(n, c);
+    const scalar_t ac = a[n * C + c], bc = b[n * C + c];
+#pragma omp simd
+    for (int64_t s = begin; s < end; ++s) {
+      const scalar_t dp = ac + bc * Target::at(tr, s);
+      if constexpr (ACT == kSigmoid) {
+        const scalar_t p = sigmoid(xr[s]);
+        gr[s] = dp * p * (scalar_t(1) - p);
+      } else {
+        gr[s] = dp;
+      }
+    }
+  }
+}
+
+// Softmax backward: grad_c = p_c * (dL/dp_c - sum_k p_k dL/dp_k), block by block.
 template <typename scalar_t, typename Target>
+void chunk_grad_softmax(const scalar_t* x, const Target& target, int64_t n, int64_t C, int64_t S,
+                        int64_t begin, int64_t end, const scalar_t* a, const scalar_t* b,
+                        scalar_t* grad) {
+  scalar_t mx[kBlock], den[kBlock], dot[kBlock];
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    const int64_t len = std::min(kBlock, end - b0);
+    const scalar_t* x0 = x + n * C * S + b0;
+    scalar_t* g0 = grad + n * C * S + b0;
+    softmax_block(x0, C, S, len, mx, den);
+    for (int64_t i = 0; i < len; ++i) dot[i] = 0;
+    for (int64_t c = 0; c < C; ++c) {  // store p_c * dL/dp_c, accumulate the dot product
+      const scalar_t* xr = x0 + c * S;
+      scalar_t* gr = g0 + c * S;
+      const auto tr = target.row(n, c);
+      const scalar_t ac = a[n * C + c], bc = b[n * C + c];
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const scalar_t p = exp_approx(xr[i] - mx[i]) / den[i];
+        const scalar_t pd = p * (ac + bc * Target::at(tr, b0 + i));
+        gr[i] = pd;
+        dot[i] += pd;
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* xr = x0 + c * S;
+      scalar_t* gr = g0 + c * S;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) gr[i] -= exp_approx(xr[i] - mx[i]) / den[i] * dot[i];
+    }
+  }
+}
+
+template <int64_t ACT, typename scalar_t, typename Target>
 void backward_kernel(const scalar_t* x, const Target& target, int64_t N, int64_t C, int64_t S,
-                     int64_t activation, const scalar_t* a, const scalar_t* b, scalar_t* grad) {
+                     const scalar_t* a, const scalar_t* b, scalar_t* grad) {
   const int64_t chunks = num_chunks(S);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t k = 0; k < chunks; ++k) {
       const int64_t begin = k * kChunk, end = std::min(S, begin + kChunk);
-      if (activation != kSoftmax) {
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* xr = x + (n * C + c) * S;
-          scalar_t* gr = grad + (n * C + c) * S;
-          const auto tr = target.row(n, c);
-          const scalar_t ac = a[n * C + c], bc = b[n * C + c];
-          if (activation == kSigmoid) {
-#pragma omp simd
-            for (int64_t s = begin; s < end; ++s) {
-              const scalar_t p = sigmoid(xr[s]);
-              gr[s] = (ac + bc * Target::at(tr, s)) * p * (scalar_t(1) - p);
-            }
-          } else {
-#pragma omp simd
-            for (int64_t s = begin; s < end; ++s) gr[s] = ac + bc * Target::at(tr, s);
-          }
-        }
-        continue;
-      }
-      scalar_t mx[kBlock], den[kBlock], dot[kBlock];
-      for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
-        const int64_t len = std::min(kBlock, end - b0);
-        const scalar_t* x0 = x + n * C * S + b0;
-        scalar_t* g0 = grad + n * C * S + b0;
-        for (int64_t i = 0; i < len; ++i) mx[i] = x0[i];
-        for (int64_t c = 1; c < C; ++c) {
-          const scalar_t* xr = x0 + c * S;
-#pragma omp simd
-          for (int64_t i = 0; i < len; ++i) mx[i] = xr[i] > mx[i] ? xr[i] : mx[i];
-        }
-        for (int64_t i = 0; i < len; ++i) den[i] = 0, dot[i] = 0;
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* xr = x0 + c * S;
-#pragma omp simd
-          for (int64_t i = 0; i < len; ++i) den[i] += exp_approx(xr[i] - mx[i]);
-        }
-        // First pass: store p_c * dL/dp_c in grad and accumulate the dot product.
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* xr = x0 + c * S;
-          scalar_t* gr = g0 + c * S;
-          const auto tr = target.row(n, c);
-          const scalar_t ac = a[n * C + c], bc = b[n * C + c];
-#pragma omp simd
-          for (int64_t i = 0; i < len; ++i) {
-            const scalar_t p = exp_approx(xr[i] - mx[i]) / den[i];
-            const scalar_t pd = p * (ac + bc * Target::at(tr, b0 + i));
-            gr[i] = pd;
-            dot[i] += pd;
-          }
-        }
-        // Second pass: grad_c = p_c * (dL/dp_c - sum_k p_k dL/dp_k).
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* xr = x0 + c * S;
-          scalar_t* gr = g0 + c * S;
-#pragma omp simd
-          for (int64_t i = 0; i < len; ++i) {
-            const scalar_t p = exp_approx(xr[i] - mx[i]) / den[i];
-            gr[i] -= p * dot[i];
-          }
-        }
+      if constexpr (ACT == kSoftmax) {
+        chunk_grad_softmax(x, target, n, C, S, begin, end, a, b, grad);
+      } else {
+        chunk_grad<ACT>(x, target, n, C, S, begin, end, a, b, grad);
       }
     }
   }
@@ -243,7 +265,12 @@ std::tuple<at::Tensor, int64_t> glf_stats_forward(const at::Tensor& pred, const 
   const int64_t chunks = num_chunks(S);
   auto partial = at::zeros({N, chunks, C, 3}, pred.options().dtype(at::kDouble));
   dispatch(pred, target, labels, [&](auto x, const auto& tgt) {
-    forward_kernel(x, tgt, N, C, S, activation, partial.data_ptr<double>());
+    double* out = partial.data_ptr<double>();
+    switch (activation) {
+      case kSigmoid: return forward_kernel<kSigmoid>(x, tgt, N, C, S, out);
+      case kSoftmax: return forward_kernel<kSoftmax>(x, tgt, N, C, S, out);
+      default: return forward_kernel<kNone>(x, tgt, N, C, S, out);
+    }
   });
   auto sums = partial.sum(1);  // [N, C, 3]: sum p*g, sum p, sum g
   auto tp = sums.select(2, 0);
@@ -261,8 +288,14 @@ at::Tensor glf_stats_backward(const at::Tensor& pred, const at::Tensor& target, 
   auto grad = at::empty_like(pred);
   dispatch(pred, target, labels, [&](auto x, const auto& tgt) {
     using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(x)>>;
-    backward_kernel(x, tgt, N, C, S, activation, a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
-                    grad.data_ptr<scalar_t>());
+    const scalar_t* pa = a.data_ptr<scalar_t>();
+    const scalar_t* pb = b.data_ptr<scalar_t>();
+    scalar_t* out = grad.data_ptr<scalar_t>();
+    switch (activation) {
+      case kSigmoid: return backward_kernel<kSigmoid>(x, tgt, N, C, S, pa, pb, out);
+      case kSoftmax: return backward_kernel<kSoftmax>(x, tgt, N, C, S, pa, pb, out);
+      default: return backward_kernel<kNone>(x, tgt, N, C, S, pa, pb, out);
+    }
   });
   return grad;
 }
