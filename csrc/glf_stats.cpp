@@ -118,19 +118,14 @@ void chunk_sums_softmax(const scalar_t* x, const Target& target, int64_t n, int6
 template <int64_t ACT, typename scalar_t, typename Target>
 void forward_kernel(const scalar_t* x, const Target& target, int64_t N, int64_t C, int64_t S,
                     double* partial) {
-  const int64_t chunks = num_chunks(S);
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k = 0; k < chunks; ++k) {
-      const int64_t begin = k * kChunk, end = std::min(S, begin + kChunk);
-      double* out = partial + ((n * chunks + k) * C) * 3;
-      if constexpr (ACT == kSoftmax) {
-        chunk_sums_softmax(x, target, n, C, S, begin, end, out);
-      } else {
-        chunk_sums<ACT>(x, target, n, C, S, begin, end, out);
-      }
+  for_each_chunk(N, S, [&](int64_t n, int64_t k, int64_t begin, int64_t end) {
+    double* out = partial + ((n * num_chunks(S) + k) * C) * 3;
+    if constexpr (ACT == kSoftmax) {
+      chunk_sums_softmax(x, target, n, C, S, begin, end, out);
+    } else {
+      chunk_sums<ACT>(x, target, n, C, S, begin, end, out);
     }
-  }
+  });
 }
 
 // grad = dL/dx for dL/dp = a + b * g, through an elementwise activation.
@@ -192,29 +187,28 @@ void chunk_grad_softmax(const scalar_t* x, const Target& target, int64_t n, int6
 template <int64_t ACT, typename scalar_t, typename Target>
 void backward_kernel(const scalar_t* x, const Target& target, int64_t N, int64_t C, int64_t S,
                      const scalar_t* a, const scalar_t* b, scalar_t* grad) {
-  const int64_t chunks = num_chunks(S);
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k = 0; k < chunks; ++k) {
-      const int64_t begin = k * kChunk, end = std::min(S, begin + kChunk);
-      if constexpr (ACT == kSoftmax) {
-        chunk_grad_softmax(x, target, n, C, S, begin, end, a, b, grad);
-      } else {
-        chunk_grad<ACT>(x, target, n, C, S, begin, end, a, b, grad);
-      }
+  for_each_chunk(N, S, [&](int64_t n, int64_t k, int64_t begin, int64_t end) {
+    if constexpr (ACT == kSoftmax) {
+      chunk_grad_softmax(x, target, n, C, S, begin, end, a, b, grad);
+    } else {
+      chunk_grad<ACT>(x, target, n, C, S, begin, end, a, b, grad);
     }
-  }
+  });
 }
 
 template <typename label_t>
 int64_t count_invalid_labels(const label_t* labels, int64_t numel, int64_t num_labels) {
-  int64_t invalid = 0;
-#pragma omp parallel for simd reduction(+ : invalid)
-  for (int64_t i = 0; i < numel; ++i) {
-    const int64_t v = static_cast<int64_t>(labels[i]);
-    invalid += (v < 0) | (v >= num_labels);
-  }
-  return invalid;
+  return at::parallel_reduce(
+      0, numel, kParallelGrain, int64_t(0),
+      [&](int64_t begin, int64_t end, int64_t invalid) {
+#pragma omp simd reduction(+ : invalid)
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t v = static_cast<int64_t>(labels[i]);
+          invalid += (v < 0) | (v >= num_labels);
+        }
+        return invalid;
+      },
+      std::plus<int64_t>());
 }
 
 void check_inputs(const at::Tensor& pred, const at::Tensor& target, bool labels) {

@@ -2,7 +2,11 @@
 // type dispatch for label maps.
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
+
+#include <algorithm>
+#include <functional>
 
 #include <cmath>
 #include <cstdint>
@@ -41,8 +45,25 @@ inline scalar_t sigmoid(scalar_t x) {
 
 // Elements per work item: large enough to amortise scheduling, small enough to balance cores.
 constexpr int64_t kChunk = 8192;
+// Below this many elements work runs on the calling thread (as ATen's own ops do), so small
+// inputs never pay for waking, or waiting on, the thread pool.
+constexpr int64_t kParallelGrain = 32768;
 
 inline int64_t num_chunks(int64_t spatial) { return (spatial + kChunk - 1) / kChunk; }
+
+// Calls body(n, k, begin, end) for every chunk k of every sample n, on ATen's thread pool.
+template <typename Body>
+void for_each_chunk(int64_t N, int64_t S, const Body& body) {
+  const int64_t chunks = num_chunks(S);
+  const int64_t grain = std::max<int64_t>(1, kParallelGrain / kChunk);
+  at::parallel_for(0, N * chunks, grain, [&](int64_t lo, int64_t hi) {
+    for (int64_t item = lo; item < hi; ++item) {
+      const int64_t n = item / chunks, k = item % chunks;
+      const int64_t begin = k * kChunk;
+      body(n, k, begin, std::min(S, begin + kChunk));
+    }
+  });
+}
 
 // Calls `body.template operator()<label_t>()` for the integer dtype of a label map.
 #define MEDTUNE_DISPATCH_LABELS(TYPE, NAME, ...)                                   \

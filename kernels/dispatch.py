@@ -53,6 +53,7 @@ _IMPLS: dict[str, dict[str, KernelImpl]] = {}
 _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("medtune_backend", default=None)
 _PLUGINS_LOADED = False
 _LOCK = threading.Lock()
+_AUTOMATIC: dict[tuple[str, str], KernelImpl] = {}  # (op, device type) -> automatic choice
 
 
 def register_impl(impl: KernelImpl, *, replace: bool = False) -> None:
@@ -63,6 +64,7 @@ def register_impl(impl: KernelImpl, *, replace: bool = False) -> None:
     if impl.backend in table and not replace:
         raise PluginError(f"op {impl.op!r} already has a {impl.backend!r} implementation")
     table[impl.backend] = impl
+    _AUTOMATIC.clear()
 
 
 def _load_plugin_impls() -> None:
@@ -138,7 +140,11 @@ def candidates(op: str, device_type: str) -> list[tuple[KernelImpl, str | None]]
 
 
 def select(op: str, device_type: str) -> KernelImpl:
-    """The implementation of ``op`` that runs on ``device_type`` now."""
+    """The implementation of ``op`` that runs on ``device_type`` now.
+
+    The automatic choice is made once per (op, device type) and remembered; registering an
+    implementation forgets it.
+    """
     _load_plugin_impls()
     if op not in _IMPLS:
         raise KeyError(f"unknown kernel op {op!r}")
@@ -159,7 +165,10 @@ def select(op: str, device_type: str) -> KernelImpl:
         if reason is not None:
             raise BackendUnavailableError(f"backend {forced!r} of op {op!r} is unavailable: {reason}")
         return impl
-    for impl, reason in candidates(op, device_type):
-        if reason is None:
-            return impl
-    raise BackendUnavailableError(f"no backend of op {op!r} runs on {device_type!r} tensors")
+    chosen = _AUTOMATIC.get((op, device_type))
+    if chosen is None:
+        chosen = next((impl for impl, reason in candidates(op, device_type) if reason is None), None)
+        if chosen is None:
+            raise BackendUnavailableError(f"no backend of op {op!r} runs on {device_type!r} tensors")
+        _AUTOMATIC[(op, device_type)] = chosen
+    return chosen

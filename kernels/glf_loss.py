@@ -8,15 +8,25 @@ confusion sums, per sample and class,
 with (w, a, b) = (2, 1, 1) for Dice, (1, alpha, beta) for Tversky, (1 + beta2, 1, beta2) for
 Effectiveness, and (1 + beta2, alpha_p, beta2 * alpha_n) for the GLF (see
 ``medtune.plugins.losses.glf`` for the algebra). The forward is one fused pass over the
-prediction (activation included) and the target; the backward writes the gradient in one pass
-from the saved [N, C] sums. Nothing elementwise is kept between forward and backward.
+prediction (activation included) and the target; the backward derives the loss gradient with
+respect to the [N, C] sums in closed form and writes the input gradient in one pass from them.
+Nothing elementwise is kept between forward and backward.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-from medtune.kernels.glf_stats import GLFStats, glf_stats, glf_stats_reference
+from medtune.errors import KernelError
+from medtune.kernels.dispatch import select
+from medtune.kernels.glf_stats import (
+    GLFStats,
+    glf_stats_backward_op,
+    glf_stats_reference,
+    output_dtype,
+    prepare,
+)
 
 
 def overlap_ratio_loss(
@@ -40,6 +50,74 @@ def overlap_ratio_loss(
     return 1.0 - numerator / (tp_weight * tp + fp_weight * fp + fn_weight * fn + smooth_dr)
 
 
+def _weights(pred: Tensor, *weights: float | Tensor) -> Tensor:
+    for weight in weights:
+        if isinstance(weight, Tensor) and weight.requires_grad:
+            raise KernelError(
+                "glf_loss: the TP/FP/FN weights are not differentiated; pass them detached "
+                "(weight.detach())"
+            )
+    dtype = output_dtype(pred)
+    return torch.stack([torch.as_tensor(w, dtype=dtype, device=pred.device) for w in weights])
+
+
+@torch.library.custom_op("medtune::glf_loss", mutates_args=())
+def _glf_loss_op(
+    pred: Tensor,
+    target: Tensor,
+    labels: bool,
+    activation: int,
+    weights: Tensor,
+    smooth_nr: float,
+    smooth_dr: float,
+    batch: bool,
+) -> tuple[Tensor, Tensor]:
+    stats = select("glf_stats", pred.device.type).fn(pred, target, labels, activation)
+    tp_weight, fp_weight, fn_weight = weights
+    loss = overlap_ratio_loss(
+        GLFStats(*stats.unbind(-1)), tp_weight, fp_weight, fn_weight, smooth_nr, smooth_dr, batch
+    )
+    return loss, stats
+
+
+@_glf_loss_op.register_fake
+def _(pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch):
+    n, c = pred.shape[:2]
+    dtype = output_dtype(pred)
+    loss = pred.new_empty((c,) if batch else (n, c), dtype=dtype)
+    return loss, pred.new_empty((n, c, 3), dtype=dtype)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch = inputs
+    ctx.save_for_backward(pred, target, weights, output[1])
+    ctx.labels, ctx.activation = labels, activation
+    ctx.smooth_nr, ctx.batch = smooth_nr, batch
+    ctx.smooth_dr = smooth_dr
+
+
+def _backward(ctx, grad_loss: Tensor, grad_stats: Tensor):
+    pred, target, weights, stats = ctx.saved_tensors
+    tp, fp, fn = stats.unbind(-1)
+    if ctx.batch:
+        tp, fp, fn = tp.sum(0), fp.sum(0), fn.sum(0)
+    w, a, b = weights
+    # loss = 1 - U / D with U = w TP + smooth_nr and D = w TP + a FP + b FN + smooth_dr
+    numerator = w * tp + ctx.smooth_nr
+    denominator = w * tp + a * fp + b * fn + ctx.smooth_dr
+    scale = grad_loss / denominator**2
+    d_tp = -w * (denominator - numerator) * scale
+    d_fp, d_fn = numerator * a * scale, numerator * b * scale
+    g_tp, g_fp, g_fn = (grad_stats + torch.stack([d_tp, d_fp, d_fn], -1)).unbind(-1)
+    # d/dp of (tp, fp, fn) = (g, 1 - g, -g): dL/dp = g_fp + (g_tp - g_fp - g_fn) * g
+    coef_a, coef_b = g_fp.contiguous(), (g_tp - g_fp - g_fn).contiguous()
+    grad = glf_stats_backward_op(pred, target, ctx.labels, ctx.activation, coef_a, coef_b)
+    return grad, None, None, None, None, None, None, None
+
+
+_glf_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def glf_loss(
     input: Tensor,
     target: Tensor,
@@ -55,10 +133,14 @@ def glf_loss(
 
     ``input`` holds probabilities, or logits with ``activation="sigmoid" | "softmax"``;
     ``target`` is a mask of ``input``'s shape or an integer label map (see ``glf_stats``).
+    The weights are constants for autograd (the adaptive strategies update them by rule).
+    One custom op ``medtune::glf_loss``: a single pass forward, and a backward that derives
+    d loss / d(TP, FP, FN) in closed form and writes d loss / d input in a single pass.
     """
-    stats = glf_stats(input, target, activation)
-    loss = overlap_ratio_loss(stats, tp_weight, fp_weight, fn_weight, smooth_nr, smooth_dr, batch)
-    return loss, stats
+    prepared = prepare(input, target, activation)
+    weights = _weights(input, tp_weight, fp_weight, fn_weight)
+    loss, stats = _glf_loss_op(*prepared, weights, float(smooth_nr), float(smooth_dr), batch)
+    return loss, GLFStats(stats[..., 0], stats[..., 1], stats[..., 2])
 
 
 def glf_loss_reference(

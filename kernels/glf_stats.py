@@ -351,14 +351,19 @@ def _(pred: Tensor, target: Tensor, labels: bool, activation: int) -> Tensor:
 
 
 @torch.library.custom_op("medtune::glf_stats_backward", mutates_args=())
-def _glf_stats_backward_op(
+def glf_stats_backward_op(
     pred: Tensor, target: Tensor, labels: bool, activation: int, a: Tensor, b: Tensor
 ) -> Tensor:
+    """d/dpred of sum over (n, c, voxels) of (a[n, c] + b[n, c] * g) * p, in one pass.
+
+    With a = dL/dFP and b = dL/dTP - dL/dFP - dL/dFN this is dL/dpred for any loss L of the
+    confusion sums (used by the backward of ``glf_stats`` and of ``glf_loss``).
+    """
     impl = select("glf_stats_backward", pred.device.type)
     return impl.fn(pred, target, labels, activation, a, b)
 
 
-@_glf_stats_backward_op.register_fake
+@glf_stats_backward_op.register_fake
 def _(pred: Tensor, target: Tensor, labels: bool, activation: int, a: Tensor, b: Tensor) -> Tensor:
     return torch.empty_like(pred)
 
@@ -374,7 +379,7 @@ def _backward(ctx, grad_stats: Tensor):
     g_tp, g_fp, g_fn = grad_stats.unbind(-1)
     # d/dp of (tp, fp, fn) = (g, 1 - g, -g): dL/dp = g_fp + (g_tp - g_fp - g_fn) * g
     a, b = g_fp.contiguous(), (g_tp - g_fp - g_fn).contiguous()
-    grad = _glf_stats_backward_op(pred, target, ctx.labels, ctx.activation, a, b)
+    grad = glf_stats_backward_op(pred, target, ctx.labels, ctx.activation, a, b)
     return grad, None, None, None
 
 

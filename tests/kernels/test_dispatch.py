@@ -79,6 +79,7 @@ def test_kernel_impls_hook_adds_a_backend(monkeypatch):
     monkeypatch.setattr(registry_module, "_REGISTRY", reg)
     monkeypatch.setattr(dispatch, "_IMPLS", {op: dict(t) for op, t in dispatch._IMPLS.items()})
     monkeypatch.setattr(dispatch, "_PLUGINS_LOADED", False)
+    monkeypatch.setattr(dispatch, "_AUTOMATIC", {})
     assert select("glf_stats", "cpu").backend == "doubled"  # highest priority wins
     pred, target = torch.rand(1, 1, 4, 4), (torch.rand(1, 1, 4, 4) > 0.5).float()
     tp = glf_stats(pred, target).true_positives
