@@ -61,14 +61,14 @@ def _cmd_doctor(args: argparse.Namespace, console: Console) -> int:
 
 def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
     try:
-        from benchmarks.__main__ import main as bench_main
+        from benchmarks.runner import main as bench_main
     except ImportError:
         console.print(
             "[red]error:[/red] the benchmarks live in the source checkout; run `medtune bench` "
             "from the repository root (where the benchmarks/ folder is)."
         )
         return 2
-    return bench_main(args.bench_args)
+    return bench_main(args.bench_args, prog="medtune bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

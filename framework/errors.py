@@ -24,3 +24,11 @@ class KernelError(MedtuneError, ValueError):
 
 class BackendUnavailableError(MedtuneError, RuntimeError):
     """The requested kernel backend cannot run the op on the given device."""
+
+
+class LossError(MedtuneError, ValueError):
+    """A loss was built with invalid arguments or called with inputs it cannot score.
+
+    A ``ValueError`` too, so code written for MONAI's losses (which raise ``ValueError``) keeps
+    catching it.
+    """

@@ -2,4 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from medtune.hookspecs import hookimpl
+
+
+@hookimpl
+def medtune_losses() -> Mapping[str, Callable[..., Any]]:
+    """The built-in losses: dice, tversky, effectiveness, glf and density_weighted."""
+    from medtune.plugins.losses import LOSSES
+
+    return dict(LOSSES)

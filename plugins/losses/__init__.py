@@ -1,0 +1,58 @@
+"""Loss plugins: Dice, Tversky, Effectiveness, the adaptive GLF and the density-weighted loss.
+
+The overlap losses (``dice``, ``tversky``, ``effectiveness``, ``glf``) run on the fused kernel
+op :func:`medtune.kernels.glf_loss` and take MONAI's arguments; ``glf`` adapts its coefficients
+during training (seed 002), deterministically inside its forward or through
+:class:`GLFExploratory`. ``density_weighted`` is the KDE-weighted regression loss of seed 001.
+"""
+
+from medtune.plugins.losses.adaptive import (
+    CoefficientBounds,
+    DeterministicRules,
+    RatioLadder,
+    Trajectory,
+    driving_metrics,
+    tversky_projection,
+)
+from medtune.plugins.losses.density import DensityWeightedLoss
+from medtune.errors import LossError
+from medtune.plugins.losses.exploratory import (
+    ExploratoryStep,
+    GLFExploratory,
+    StepCost,
+    euclidean_distance,
+    exploratory_overhead,
+)
+from medtune.plugins.losses.glf import GLFLoss
+from medtune.plugins.losses.overlap import DiceLoss, EffectivenessLoss, OverlapLoss, TverskyLoss
+
+#: ``{name: factory}`` as registered under the ``loss`` kind by the built-in plugin.
+LOSSES = {
+    "dice": DiceLoss,
+    "tversky": TverskyLoss,
+    "effectiveness": EffectivenessLoss,
+    "glf": GLFLoss,
+    "density_weighted": DensityWeightedLoss,
+}
+
+__all__ = [
+    "LOSSES",
+    "CoefficientBounds",
+    "DensityWeightedLoss",
+    "DeterministicRules",
+    "DiceLoss",
+    "EffectivenessLoss",
+    "ExploratoryStep",
+    "GLFExploratory",
+    "GLFLoss",
+    "LossError",
+    "OverlapLoss",
+    "RatioLadder",
+    "StepCost",
+    "Trajectory",
+    "TverskyLoss",
+    "driving_metrics",
+    "euclidean_distance",
+    "exploratory_overhead",
+    "tversky_projection",
+]
