@@ -59,7 +59,7 @@ def _cmd_doctor(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
+def _cmd_bench(bench_args: list[str], console: Console) -> int:
     try:
         from benchmarks.runner import main as bench_main
     except ImportError:
@@ -68,7 +68,7 @@ def _cmd_bench(args: argparse.Namespace, console: Console) -> int:
             "from the repository root (where the benchmarks/ folder is)."
         )
         return 2
-    return bench_main(args.bench_args, prog="medtune bench")
+    return bench_main(bench_args, prog="medtune bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,19 +79,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("plugins", help="list every plugin by kind, broken ones marked")
     commands.add_parser("doctor", help="check Python, torch, Triton, compiler, kernels, GPU")
-    bench = commands.add_parser(
-        "bench", help="measure medtune against its peers and write BENCHMARKS.md"
+    # `medtune bench ARGS...` hands ARGS to the benchmark runner untouched (see main)
+    commands.add_parser(
+        "bench", help="measure medtune against its peers and write BENCHMARKS.md", add_help=False
     )
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the runner")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     console = Console()
-    if args.command == "bench":
+    if argv[:1] == ["bench"]:
         sys.path.insert(0, ".")
-    handler = {"plugins": _cmd_plugins, "doctor": _cmd_doctor, "bench": _cmd_bench}[args.command]
+        return _cmd_bench(argv[1:], console)
+    args = build_parser().parse_args(argv)
+    handler = {"plugins": _cmd_plugins, "doctor": _cmd_doctor}[args.command]
     return handler(args, console)
 
 

@@ -52,3 +52,24 @@ def test_installed_layout_is_one_namespaced_distribution(tmp_path):
         assert (tmp_path / "medtune" / part).is_file(), part
     entry_points = next(tmp_path.glob("medtune-*.dist-info")) / "entry_points.txt"
     assert "builtin = medtune.plugins.builtin" in entry_points.read_text()
+
+
+def test_bench_passes_its_options_to_the_runner(tmp_path):
+    output = tmp_path / "B.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "medtune.cli", "bench", "--quick", "--cases", "glf_stats",
+         "--output", str(output)],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    text = output.read_text()
+    assert "glf_stats" in text and "speed-up vs peer" in text
+
+
+def test_bench_outside_a_checkout_says_where_to_run(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "medtune.cli", "bench", "--quick"],
+        capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, COLUMNS="200"),
+    )
+    assert result.returncode == 2
+    assert "repository root" in result.stdout

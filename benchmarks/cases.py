@@ -1,0 +1,279 @@
+"""The benchmark cases: what is measured, at which shapes, and against which peer.
+
+A case has one or more modes (``forward``, ``forward+backward``) and several implementations
+of the same computation; one of them is the peer every other is compared with. Peers (MONAI,
+the PyTorch references) are imported only when built, so a memory probe for one
+implementation loads nothing it does not use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+FORWARD = "forward"
+FORWARD_BACKWARD = "forward+backward"
+
+# Tversky's alpha weighs false positives and beta false negatives (MONAI's convention); as a
+# generalized overlap loss that is (tp_weight, fp_weight, fn_weight) = (1, alpha, beta).
+TVERSKY_ALPHA = 0.3
+TVERSKY_BETA = 0.7
+
+Computation = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A prediction and a target, and how the report names them."""
+
+    pred: Tensor
+    target: Tensor
+    description: str
+
+    @property
+    def pred_bytes(self) -> int:
+        return self.pred.numel() * self.pred.element_size()
+
+    @property
+    def target_bytes(self) -> int:
+        return self.target.numel() * self.target.element_size()
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One way to compute a case. ``build()`` returns ``f(pred, target) -> Tensor``.
+
+    ``label`` may contain ``{backend}``: the medtune kernel backend that runs on the device.
+    """
+
+    key: str
+    label: str
+    build: Callable[[], Computation]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A computation measured in each of ``modes`` for every implementation.
+
+    ``shapes`` maps ``"full"`` and ``"quick"`` to the shape of the prediction; ``make_target``
+    draws a target for a prediction shape. ``objective`` reduces an implementation's output to
+    the scalar that is back-propagated. Targets (from the issues) are judged on full shapes:
+    ``speedup_target`` against the peer on the CPU, ``memory_target`` in input-sized tensors
+    besides the returned gradient, ``bandwidth_target`` as a fraction of the GPU's peak.
+    """
+
+    name: str
+    title: str
+    modes: tuple[str, ...]
+    implementations: tuple[Implementation, ...]
+    peer: str
+    subject: str
+    shapes: dict[str, tuple[int, ...]]
+    make_pred: Callable[[tuple[int, ...], torch.Generator], Tensor]
+    make_target: Callable[[tuple[int, ...], torch.Generator], Tensor]
+    describe: Callable[[tuple[int, ...]], str]
+    objective: Callable[[Tensor], Tensor] = torch.mean
+    speedup_target: float | None = None
+    memory_target: float | None = None
+    bandwidth_target: float | None = None
+
+    def implementation(self, key: str) -> Implementation:
+        for impl in self.implementations:
+            if impl.key == key:
+                return impl
+        raise KeyError(f"case {self.name!r} has no implementation {key!r}")
+
+    def make_inputs(self, quick: bool, device: torch.device | str) -> Inputs:
+        """The inputs at the quick or full shape, the same on every run (fixed seed)."""
+        shape = self.shapes["quick" if quick else "full"]
+        generator = torch.Generator().manual_seed(20240)
+        pred = self.make_pred(shape, generator).to(device)
+        target = self.make_target(shape, generator).to(device)
+        return Inputs(pred, target, self.describe(shape))
+
+
+class Step:
+    """One call of an implementation in a mode; ``step()`` returns (output, gradient or None).
+
+    forward+backward is what a training step does: drop the previous gradient, compute the
+    loss, reduce it to a scalar and back-propagate into the prediction.
+    """
+
+    def __init__(self, case: Case, impl: Implementation, mode: str, inputs: Inputs) -> None:
+        if mode not in (FORWARD, FORWARD_BACKWARD):
+            raise ValueError(f"unknown mode {mode!r}; expected {FORWARD!r} or {FORWARD_BACKWARD!r}")
+        self.compute = impl.build()
+        self.objective = case.objective
+        self.backward = mode == FORWARD_BACKWARD
+        self.pred = inputs.pred.detach().requires_grad_(self.backward)
+        self.target = inputs.target
+
+    def __call__(self) -> tuple[Tensor, Tensor | None]:
+        if not self.backward:
+            return self.compute(self.pred, self.target), None
+        self.pred.grad = None
+        loss = self.objective(self.compute(self.pred, self.target))
+        loss.backward()
+        return loss.detach(), self.pred.grad
+
+    def clear(self) -> None:
+        """Drop the gradient the last call left behind."""
+        self.pred.grad = None
+
+
+def bytes_moved(inputs: Inputs, mode: str) -> int:
+    """The least traffic a fused implementation needs: read pred and target once per pass
+    (forward; forward and backward), and write the gradient once."""
+    one_pass = inputs.pred_bytes + inputs.target_bytes
+    if mode == FORWARD:
+        return one_pass
+    return 2 * one_pass + inputs.pred_bytes
+
+
+def dims(shape: tuple[int, ...]) -> str:
+    return "×".join(str(d) for d in shape)
+
+
+# --- implementations ---------------------------------------------------------------------
+
+
+def _medtune_stats() -> Computation:
+    from medtune.kernels import glf_stats
+
+    return lambda pred, target: torch.stack(tuple(glf_stats(pred, target)))
+
+
+def _reference_stats() -> Computation:
+    from medtune.kernels import glf_stats_reference
+
+    return lambda pred, target: torch.stack(tuple(glf_stats_reference(pred, target)))
+
+
+def _medtune_loss(activation: str) -> Computation:
+    from medtune.kernels import glf_loss
+
+    def fused(pred: Tensor, target: Tensor) -> Tensor:
+        loss, _ = glf_loss(pred, target, 1.0, TVERSKY_ALPHA, TVERSKY_BETA, activation=activation)
+        return loss
+
+    return fused
+
+
+def _reference_loss(activation: str) -> Computation:
+    from medtune.kernels import glf_loss_reference
+
+    return partial(
+        glf_loss_reference,
+        tp_weight=1.0,
+        fp_weight=TVERSKY_ALPHA,
+        fn_weight=TVERSKY_BETA,
+        activation=activation,
+    )
+
+
+def _monai_tversky(**options: bool) -> Computation:
+    from monai.losses import TverskyLoss
+
+    return TverskyLoss(alpha=TVERSKY_ALPHA, beta=TVERSKY_BETA, **options)
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+def _probabilities(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    return torch.rand(shape, generator=generator)
+
+
+def _logits(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    return torch.randn(shape, generator=generator)
+
+
+def _binary_mask(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    return (torch.rand(shape, generator=generator) < 0.3).float()
+
+
+def _label_map(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    n, c, *spatial = shape
+    return torch.randint(0, c, (n, 1, *spatial), generator=generator, dtype=torch.int64)
+
+
+def _stats_objective(stats: Tensor) -> Tensor:
+    # stats is [3, N, C] = (tp, fp, fn); distinct weights so every term reaches the gradient.
+    return (stats[0] + TVERSKY_ALPHA * stats[1] + TVERSKY_BETA * stats[2]).sum()
+
+
+MEDTUNE_LOSS_LABEL = "medtune glf_loss, fused [{backend}]"
+REFERENCE_LOSS_LABEL = "glf_loss_reference (plain PyTorch composition)"
+
+CASES: dict[str, Case] = {
+    case.name: case
+    for case in (
+        Case(
+            name="glf_stats",
+            title="glf_stats: true/false positive and false negative sums",
+            modes=(FORWARD, FORWARD_BACKWARD),
+            implementations=(
+                Implementation("medtune", "medtune glf_stats [{backend}]", _medtune_stats),
+                Implementation("reference", "glf_stats_reference (PyTorch)", _reference_stats),
+            ),
+            peer="reference",
+            subject="medtune",
+            shapes={"full": (8, 1, 512, 512), "quick": (2, 1, 64, 64)},
+            make_pred=_probabilities,
+            make_target=_binary_mask,
+            describe=lambda s: f"pred {dims(s)} float32 probabilities, target {dims(s)} binary float32 mask",
+            objective=_stats_objective,
+        ),
+        Case(
+            name="glf_loss_sigmoid",
+            title="glf_loss with sigmoid: Tversky(alpha=0.3, beta=0.7), binary",
+            modes=(FORWARD_BACKWARD,),
+            implementations=(
+                Implementation("medtune", MEDTUNE_LOSS_LABEL, partial(_medtune_loss, "sigmoid")),
+                Implementation(
+                    "monai",
+                    "MONAI TverskyLoss(sigmoid=True)",
+                    partial(_monai_tversky, sigmoid=True),
+                ),
+                Implementation("reference", REFERENCE_LOSS_LABEL, partial(_reference_loss, "sigmoid")),
+            ),
+            peer="monai",
+            subject="medtune",
+            shapes={"full": (8, 1, 512, 512), "quick": (2, 1, 64, 64)},
+            make_pred=_logits,
+            make_target=_binary_mask,
+            describe=lambda s: f"logits {dims(s)} float32, target {dims(s)} binary float32 mask",
+            speedup_target=10.0,
+            memory_target=1.0,
+            bandwidth_target=0.7,
+        ),
+        Case(
+            name="glf_loss_softmax",
+            title="glf_loss with softmax and an integer label map: Tversky(alpha=0.3, beta=0.7)",
+            modes=(FORWARD_BACKWARD,),
+            implementations=(
+                Implementation("medtune", MEDTUNE_LOSS_LABEL, partial(_medtune_loss, "softmax")),
+                Implementation(
+                    "monai",
+                    "MONAI TverskyLoss(softmax=True, to_onehot_y=True)",
+                    partial(_monai_tversky, softmax=True, to_onehot_y=True),
+                ),
+                Implementation("reference", REFERENCE_LOSS_LABEL, partial(_reference_loss, "softmax")),
+            ),
+            peer="monai",
+            subject="medtune",
+            shapes={"full": (2, 4, 96, 96, 96), "quick": (1, 4, 16, 16, 16)},
+            make_pred=_logits,
+            make_target=_label_map,
+            describe=lambda s: (
+                f"logits {dims(s)} float32, labels {dims((s[0], 1, *s[2:]))} int64 "
+                f"(classes 0..{s[1] - 1}, passed as a label map)"
+            ),
+            bandwidth_target=0.7,
+        ),
+    )
+}
