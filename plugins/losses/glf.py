@@ -100,33 +100,16 @@ class GLFLoss(OverlapLoss):
 
     def __init__(
         self,
-        include_background: bool = True,
-        to_onehot_y: bool = False,
-        sigmoid: bool = False,
-        softmax: bool = False,
-        reduction: str = "mean",
-        smooth_nr: float = 1e-5,
-        smooth_dr: float = 1e-5,
-        batch: bool = False,
-        check_finite: bool = True,
+        *,
         alpha_p: float = 1.0,
         alpha_n: float = 1.0,
         beta2: float = 1.0,
         adaptive: str | None = None,
         rules: DeterministicRules | None = None,
         bounds: CoefficientBounds | Mapping[str, tuple[float, float]] | None = None,
+        **options: object,
     ) -> None:
-        super().__init__(
-            include_background=include_background,
-            to_onehot_y=to_onehot_y,
-            sigmoid=sigmoid,
-            softmax=softmax,
-            reduction=reduction,
-            smooth_nr=smooth_nr,
-            smooth_dr=smooth_dr,
-            batch=batch,
-            check_finite=check_finite,
-        )
+        super().__init__(**options)
         if adaptive not in ADAPTIVE:
             raise LossError(
                 "GLFLoss: adaptive must be None, 'deterministic' or 'exploratory', got "

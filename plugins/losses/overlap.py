@@ -309,29 +309,12 @@ class TverskyLoss(OverlapLoss):
 
     def __init__(
         self,
-        include_background: bool = True,
-        to_onehot_y: bool = False,
-        sigmoid: bool = False,
-        softmax: bool = False,
-        reduction: str = "mean",
-        smooth_nr: float = 1e-5,
-        smooth_dr: float = 1e-5,
-        batch: bool = False,
-        check_finite: bool = True,
+        *,
         alpha: float = 0.5,
         beta: float = 0.5,
+        **options: object,
     ) -> None:
-        super().__init__(
-            include_background=include_background,
-            to_onehot_y=to_onehot_y,
-            sigmoid=sigmoid,
-            softmax=softmax,
-            reduction=reduction,
-            smooth_nr=smooth_nr,
-            smooth_dr=smooth_dr,
-            batch=batch,
-            check_finite=check_finite,
-        )
+        super().__init__(**options)
         self.alpha = non_negative("alpha", alpha, type(self).__name__)
         self.beta = non_negative("beta", beta, type(self).__name__)
 
@@ -354,28 +337,11 @@ class EffectivenessLoss(OverlapLoss):
 
     def __init__(
         self,
-        include_background: bool = True,
-        to_onehot_y: bool = False,
-        sigmoid: bool = False,
-        softmax: bool = False,
-        reduction: str = "mean",
-        smooth_nr: float = 1e-5,
-        smooth_dr: float = 1e-5,
-        batch: bool = False,
-        check_finite: bool = True,
+        *,
         beta2: float = 1.0,
+        **options: object,
     ) -> None:
-        super().__init__(
-            include_background=include_background,
-            to_onehot_y=to_onehot_y,
-            sigmoid=sigmoid,
-            softmax=softmax,
-            reduction=reduction,
-            smooth_nr=smooth_nr,
-            smooth_dr=smooth_dr,
-            batch=batch,
-            check_finite=check_finite,
-        )
+        super().__init__(**options)
         self.beta2 = non_negative("beta2", beta2, type(self).__name__)
 
     def weights(self) -> tuple[float, float, float]:
