@@ -14,3 +14,19 @@ def medtune_losses() -> Mapping[str, Callable[..., Any]]:
     from medtune.plugins.losses import LOSSES
 
     return dict(LOSSES)
+
+
+@hookimpl
+def medtune_datasets() -> Mapping[str, Callable[..., Any]]:
+    """The built-in datasets, generated from a seed: small_lesion."""
+    from medtune.plugins.datasets import DATASETS
+
+    return dict(DATASETS)
+
+
+@hookimpl
+def medtune_searchers() -> Mapping[str, Callable[..., Any]]:
+    """The built-in searchers: grid, random, hyperband, evolution and local."""
+    from medtune.plugins.searchers import SEARCHERS
+
+    return dict(SEARCHERS)

@@ -1,0 +1,141 @@
+"""The built-in segmentation task: train a MONAI UNet on a dataset plugin, score validation Dice.
+
+``train_segmentation(config, resource, seed, report)`` is an objective for a study: ``config``
+holds the hyper-parameters (learning rate, weight decay - the L2 term of seed 003 - network
+width, loss plugin, optimiser) and fixed task settings (dataset, sizes, epochs);
+``resource`` overrides the number of epochs (Hyperband's budget); ``report(epoch, dice)`` is
+called after every epoch so a study can record the curve and stop the trial early. It returns
+the final validation Dice (higher is better).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+import medtune
+from medtune.errors import MedtuneError
+
+#: every key the task understands, with its default
+SEGMENTATION_DEFAULTS: dict[str, Any] = {
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "width": 8,
+    "loss": "dice",
+    "loss_options": {},
+    "optimizer": "adam",
+    "epochs": 4,
+    "batch_size": 8,
+    "dataset": "small_lesion",
+    "dataset_options": {},
+    "train_size": 64,
+    "val_size": 32,
+    "threshold": 0.5,
+}
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(config) - set(SEGMENTATION_DEFAULTS))
+    if unknown:
+        raise MedtuneError(
+            f"segmentation task: unknown setting(s) {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(SEGMENTATION_DEFAULTS)}"
+        )
+    settings = {**SEGMENTATION_DEFAULTS, **config}
+    if settings["optimizer"] not in OPTIMIZERS:
+        raise MedtuneError(
+            f"segmentation task: optimizer must be one of {sorted(OPTIMIZERS)}, got "
+            f"{settings['optimizer']!r}"
+        )
+    for key in ("lr", "epochs", "batch_size", "train_size", "val_size", "width"):
+        if not settings[key] > 0:
+            raise MedtuneError(f"segmentation task: {key} must be > 0, got {settings[key]!r}")
+    if settings["weight_decay"] < 0:
+        raise MedtuneError(
+            f"segmentation task: weight_decay must be >= 0, got {settings['weight_decay']!r}"
+        )
+    return settings
+
+
+def build_unet(width: int) -> torch.nn.Module:
+    """A 2D MONAI UNet with ``width`` channels at full resolution, doubling at each of 3 levels."""
+    from monai.networks.nets import UNet
+
+    width = int(width)
+    return UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        channels=(width, 2 * width, 4 * width, 8 * width),
+        strides=(2, 2, 2),
+        num_res_units=1,
+    )
+
+
+def dice_score(logits: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5) -> tuple[float, float, float]:
+    """Summed (TP, FP, FN) of thresholded sigmoid predictions against binary labels."""
+    pred = torch.sigmoid(logits) > threshold
+    truth = labels.bool()
+    return (
+        float((pred & truth).sum()),
+        float((pred & ~truth).sum()),
+        float((~pred & truth).sum()),
+    )
+
+
+def train_segmentation(
+    config: Mapping[str, Any],
+    resource: float | None = None,
+    seed: int = 0,
+    report: Callable[[float, float], None] | None = None,
+) -> float:
+    """Train with ``config`` for ``resource`` epochs (default ``config["epochs"]``).
+
+    Returns the validation Dice over all validation pixels (2 TP / (2 TP + FP + FN)).
+    """
+    settings = _settings(config)
+    epochs = int(round(resource)) if resource is not None else int(settings["epochs"])
+    if epochs < 1:
+        raise MedtuneError(f"segmentation task: the budget must be at least one epoch, got {resource}")
+    torch.manual_seed(seed)
+    dataset_options = dict(settings["dataset_options"])
+    train = medtune.create(
+        "dataset", settings["dataset"], size=int(settings["train_size"]), seed=1000 + seed,
+        **dataset_options,
+    )
+    val = medtune.create(
+        "dataset", settings["dataset"], size=int(settings["val_size"]), seed=10**6,
+        **dataset_options,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(train, batch_size=int(settings["batch_size"]), shuffle=True, generator=generator)
+    val_loader = DataLoader(val, batch_size=int(settings["batch_size"]))
+    model = build_unet(settings["width"])
+    loss_fn = medtune.create("loss", settings["loss"], sigmoid=True, **settings["loss_options"])
+    optimizer = OPTIMIZERS[settings["optimizer"]](
+        model.parameters(), lr=float(settings["lr"]), weight_decay=float(settings["weight_decay"])
+    )
+    dice = 0.0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        loss_fn.train()
+        for images, labels in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(images), labels)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        tp = fp = fn = 0.0
+        with torch.no_grad():
+            for images, labels in val_loader:
+                a, b, c = dice_score(model(images), labels, float(settings["threshold"]))
+                tp, fp, fn = tp + a, fp + b, fn + c
+        dice = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else 1.0
+        if report is not None:
+            report(epoch, dice)
+    return dice
