@@ -1,0 +1,43 @@
+"""Searcher plugins behind one ask/tell interface (see :mod:`medtune.plugins.searchers.base`).
+
+``grid`` and ``random`` (seed 004, sec. 2.1), ``hyperband`` (seed 004, sec. 2.5.1),
+``evolution`` ((1+1)-ES, seed 001 ch. 5.3.4) and ``local`` (greedy hill climbing, seed 001
+ch. 4.3.3); build one with ``medtune.create("searcher", name, space=..., seed=...,
+direction=..., **options)``.
+"""
+
+from medtune.plugins.searchers.base import (
+    Proposal,
+    Searcher,
+    SearcherError,
+    Suggestion,
+)
+from medtune.plugins.searchers.evolution import EvolutionSearcher
+from medtune.plugins.searchers.grid import GridSearcher
+from medtune.plugins.searchers.hyperband import BracketPlan, HyperbandSearcher, bracket_plan
+from medtune.plugins.searchers.local import LocalSearcher
+from medtune.plugins.searchers.random import RandomSearcher
+
+#: ``{name: factory}`` as registered under the ``searcher`` kind by the built-in plugin.
+SEARCHERS = {
+    "grid": GridSearcher,
+    "random": RandomSearcher,
+    "hyperband": HyperbandSearcher,
+    "evolution": EvolutionSearcher,
+    "local": LocalSearcher,
+}
+
+__all__ = [
+    "SEARCHERS",
+    "BracketPlan",
+    "EvolutionSearcher",
+    "GridSearcher",
+    "HyperbandSearcher",
+    "LocalSearcher",
+    "Proposal",
+    "RandomSearcher",
+    "Searcher",
+    "SearcherError",
+    "Suggestion",
+    "bracket_plan",
+]

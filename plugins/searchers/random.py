@@ -1,0 +1,41 @@
+"""Random search (seed 004, sec. 2.1.2.2): configurations drawn from the space's prior.
+
+On a finite space no configuration is drawn twice (seed 004, sec. 2.4.1 assumes draws without
+replacement; :mod:`medtune.search.theory` gives the resulting odds), and the search finishes
+once every configuration was proposed. Failed configurations are never proposed again,
+whatever the failure policy: random search learns nothing from results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from medtune.plugins.searchers.base import Proposal, Searcher
+from medtune.search.space import SearchSpace, UniqueSampler
+
+
+class RandomSearcher(Searcher):
+    """Random search without replacement; see the module docstring.
+
+    Takes the :class:`Searcher` arguments (``max_trials`` bounds the number of draws).
+    """
+
+    name = "random"
+
+    def __init__(
+        self,
+        space: SearchSpace | Mapping[str, Any],
+        seed: int = 0,
+        direction: str = "minimize",
+        **options: Any,
+    ) -> None:
+        super().__init__(space, seed=seed, direction=direction, **options)
+        self._sampler = UniqueSampler(self.space, self.rng)
+
+    def _propose(self) -> Proposal | None:
+        config = self._sampler.draw()
+        return None if config is None else Proposal(config)
+
+    def _exhausted(self) -> bool:
+        return self._sampler.exhausted
