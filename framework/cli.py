@@ -1,4 +1,4 @@
-"""The ``medtune`` command line: ``plugins``, ``doctor`` and ``bench``."""
+"""The ``medtune`` command line: run, resume, status, report, plugins, doctor and bench."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medtune import doctor
+from medtune.errors import MedtuneError
 from medtune.registry import KINDS, registry
 
 
@@ -71,12 +72,28 @@ def _cmd_bench(bench_args: list[str], console: Console) -> int:
     return bench_main(bench_args, prog="medtune bench")
 
 
+def _cmd_study(args: argparse.Namespace, console: Console) -> int:
+    from medtune import studies
+
+    if args.command == "run":
+        studies.run(args.config, console)
+    else:
+        getattr(studies, args.command)(args.study, console)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medtune",
         description="Tune medical-imaging deep learning: losses, search, kernels.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the study a TOML configuration describes")
+    run.add_argument("config", help="study configuration (TOML), e.g. examples/search_small_lesions.toml")
+    for name, text in (("resume", "continue a study whose driver stopped or was killed"),
+                       ("status", "trial counts by state and the best trial of a study"),
+                       ("report", "write a study's HTML report with plots")):
+        commands.add_parser(name, help=text).add_argument("study", help="study file (.sqlite)")
     commands.add_parser("plugins", help="list every plugin by kind, broken ones marked")
     commands.add_parser("doctor", help="check Python, torch, Triton, compiler, kernels, GPU")
     # `medtune bench ARGS...` hands ARGS to the benchmark runner untouched (see main)
@@ -93,8 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, ".")
         return _cmd_bench(argv[1:], console)
     args = build_parser().parse_args(argv)
-    handler = {"plugins": _cmd_plugins, "doctor": _cmd_doctor}[args.command]
-    return handler(args, console)
+    handler = {"plugins": _cmd_plugins, "doctor": _cmd_doctor}.get(args.command, _cmd_study)
+    try:
+        return handler(args, console)
+    except MedtuneError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
 
 
 if __name__ == "__main__":

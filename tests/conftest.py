@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRE_RAY = os.environ.get("MEDTUNE_REQUIRE_RAY") == "1"
 
 # A backend named here must be available: its tests fail instead of being skipped (CI sets it).
 REQUIRED_BACKENDS = {b for b in os.environ.get("MEDTUNE_REQUIRE_BACKENDS", "").split(",") if b}
@@ -43,3 +48,70 @@ def backend_or_skip(op: str, backend: str, device: str = "cpu") -> None:
         if backend in REQUIRED_BACKENDS:
             pytest.fail(f"required backend {backend} unavailable: {reason}")
         pytest.skip(reason)
+
+
+def python_path() -> str:
+    """PYTHONPATH for subprocesses and Ray workers: the repository root first."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+
+
+# ---------------------------------------------------------------------------------- Ray
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    """A local two-CPU Ray cluster (``ray start --head``), stopped after the test."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        if REQUIRE_RAY:
+            pytest.fail("MEDTUNE_REQUIRE_RAY=1 but ray is not installed")
+        pytest.skip("ray is not installed (pip install ray)")
+    port = _free_port()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a throw-away cluster on loopback
+    env = dict(os.environ, PYTHONPATH=python_path())
+    ray_command = [sys.executable, "-c", "from ray.scripts.scripts import main; main()"]
+    head = subprocess.Popen(
+        [*ray_command, "start", "--head", f"--port={port}", "--num-cpus=2",
+         "--node-ip-address=127.0.0.1", "--include-dashboard=false", "--disable-usage-stats",
+         "--block"],
+        env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the GCS port accepts connections once the head is up
+            assert head.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, "the Ray head did not start in 60 s"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block stops the cluster's processes on SIGTERM
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        _forget_cluster(port)
+
+
+def _forget_cluster(port: int) -> None:
+    """Remove Ray's "last cluster started here" note if it names our stopped cluster (`ray stop`
+    would, but it stops every Ray cluster of this user), so a later ``ray.init()`` does not
+    try to join it."""
+    try:
+        from ray._common.utils import get_ray_address_file
+    except ImportError:  # another Ray layout: leave the note, Ray copes with a stale one
+        return
+    note = Path(get_ray_address_file(None))
+    if note.is_file() and note.read_text().strip().endswith(f":{port}"):
+        note.unlink()

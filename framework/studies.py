@@ -1,0 +1,122 @@
+"""What ``medtune run``, ``resume``, ``status`` and ``report`` do, on top of the study loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import medtune
+from medtune.config import ConfigError, StudyConfig, load_config, parse_config
+from medtune.report import write_report
+from medtune.search.space import SearchSpace
+from medtune.study.runner import StudySummary, resume_study, run_study
+from medtune.study.store import StudyStore, TrialState
+from medtune.tasks import ConfiguredObjective
+
+
+def _searcher_factory(config: StudyConfig):
+    where = f"{config.path or '<config>'}: space"
+    space = SearchSpace.from_dict(config.space, where=where)
+
+    def build(seed: int):
+        # the runner negates values of maximising studies and applies the failure policy
+        return medtune.create("searcher", config.searcher, space=space, seed=seed,
+                              **config.searcher_options)
+
+    build(config.seed)  # validate the searcher and its options before anything is written
+    return build
+
+
+def _run_options(config: StudyConfig) -> dict:
+    executor_options = {"address": config.address} if config.address else {}
+    return dict(
+        n_trials=config.n_trials,
+        timeout=config.timeout,
+        n_workers=config.n_workers,
+        on_failure=config.on_failure,
+        penalty=config.penalty,
+        executor_options=executor_options,
+    )
+
+
+def run(config_path: str | Path, console: Console) -> Path:
+    """Validate the config, create the study file, run the study, report. Returns the study."""
+    config = load_config(config_path)
+    build = _searcher_factory(config)
+    if config.storage.exists():
+        raise ConfigError(
+            f"{config.storage} already exists: continue it with `medtune resume {config.storage}` "
+            "or set another study.storage"
+        )
+    config.storage.parent.mkdir(parents=True, exist_ok=True)
+    store = StudyStore.create(config.storage, name=config.name, direction=config.direction,
+                              seed=config.seed, config_text=config.source)
+    with store:
+        summary = run_study(store, build(config.seed),
+                            ConfiguredObjective(config.objective, config.settings),
+                            config.executor, **_run_options(config))
+    _finish(config.storage, summary, console)
+    return config.storage
+
+
+def resume(study_path: str | Path, console: Console) -> Path:
+    """Continue a study from its file (the configuration is stored inside it)."""
+    study_path = Path(study_path)
+    with StudyStore(study_path) as store:
+        config = parse_config(store.config_text, f"{study_path} (stored configuration)")
+    summary = resume_study(study_path, _searcher_factory(config),
+                           ConfiguredObjective(config.objective, config.settings),
+                           config.executor, **_run_options(config))
+    _finish(study_path, summary, console)
+    return study_path
+
+
+def status(study_path: str | Path, console: Console) -> None:
+    """Print trial counts by state and the best trial."""
+    with StudyStore(study_path) as store:
+        trials = store.trials()
+        table = Table(title=f"study {store.name} ({store.direction})")
+        table.add_column("state")
+        table.add_column("trials", justify="right")
+        for state in TrialState:
+            table.add_row(state.value, str(sum(t.state == state for t in trials)))
+        console.print(table)
+        best = store.best_trial()
+        if best is None:
+            console.print("No completed trial yet.")
+        else:
+            console.print(f"Best: trial {best.id}, value {best.value:.4g}, "
+                          f"config {json.dumps(best.config, sort_keys=True)}")
+
+
+def report(study_path: str | Path, console: Console) -> Path:
+    """Write the HTML report and its plots; returns the HTML path."""
+    page = write_report(study_path)
+    console.print(f"Report: {page}")
+    return page
+
+
+def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
+    with StudyStore(study_path) as store:
+        finished = [t for t in store.trials() if t.state == TrialState.COMPLETE]
+        maximize = store.direction == "maximize"
+        finished.sort(key=lambda t: -t.value if maximize else t.value)
+        table = Table(title=f"{store.name}: best trials ({store.direction})")
+        for column in ("trial", "value", "resource", "seconds", "configuration"):
+            table.add_column(column)
+        for t in finished[:8]:
+            table.add_row(str(t.id), f"{t.value:.4g}", "" if t.resource is None else f"{t.resource:g}",
+                          "" if t.duration is None else f"{t.duration:.1f}",
+                          json.dumps(t.config, sort_keys=True))
+        console.print(table)
+        failed = sum(t.state == TrialState.FAIL for t in store.trials())
+        if failed:
+            console.print(f"{failed} trial(s) failed; `medtune report {study_path}` lists why.")
+    console.print(
+        f"Stopped ({summary.stop_reason}) after {summary.elapsed:.0f} s: {summary.n_complete} "
+        f"complete, {summary.n_pruned} pruned, {summary.n_failed} failed. Study file: {study_path}"
+    )
+    report(study_path, console)

@@ -1,0 +1,60 @@
+"""Study configurations: valid files parse, every mistake names the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from medtune.config import ConfigError, load_config, parse_config
+
+MINIMAL = """
+[space.lr]
+type = "float"
+low = 1e-4
+high = 1e-2
+"""
+
+
+def test_defaults_for_a_minimal_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = parse_config(MINIMAL, tmp_path / "exp.toml")
+    assert config.name == "exp" and config.direction == "maximize"
+    assert config.searcher == "random" and config.executor == "inline"
+    assert config.objective == "medtune.tasks.segmentation:train_segmentation"
+    assert config.storage == tmp_path / "studies" / "exp.sqlite"
+
+
+def test_searcher_options_and_function_objective():
+    config = parse_config(
+        '[searcher]\nname = "hyperband"\nR = 9\neta = 3\n'
+        '[objective]\nfunction = "pkg.mod:objective"\n[objective.settings]\nepochs = 2\n' + MINIMAL
+    )
+    assert config.searcher_options == {"R": 9, "eta": 3}
+    assert config.objective == "pkg.mod:objective" and config.settings == {"epochs": 2}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[study\n", "exp.toml: not valid TOML"),
+    ('[study]\nn_trials = "ten"\n' + MINIMAL, "exp.toml: study.n_trials: expected an integer"),
+    ("[study]\nn_trials = 0\n" + MINIMAL, "study.n_trials: expected a positive integer"),
+    ('[study]\nexecutor = "slurm"\n' + MINIMAL, "study.executor: expected one of inline, process, ray"),
+    ('[study]\ndirection = "up"\n' + MINIMAL, "study.direction: expected one of"),
+    ("[study]\ncolour = 1\n" + MINIMAL, "unknown key(s) colour"),
+    ('[study]\non_failure = "penalize"\n' + MINIMAL, "needs a penalty value"),
+    ("[searcher]\nR = 3\n" + MINIMAL, "searcher: missing key 'name'"),
+    ('[objective]\ntask = "classification"\n' + MINIMAL, "objective.task: expected one of segmentation"),
+    ('[objective]\nfunction = "nocolon"\n' + MINIMAL, 'expected "package.module:function"'),
+    ('[objective]\ntask = "segmentation"\nfunction = "a:b"\n' + MINIMAL, "exactly one of"),
+    ("[study]\nseed = 1\n", "missing key 'space'"),
+    ("[space]\nlr = 3\n", "space.lr: expected a table"),
+    ("[extras]\n" + MINIMAL, "unknown table(s) extras"),
+])
+def test_errors_name_the_file_and_key(text, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "exp.toml")
+    assert message in str(err.value)
+    assert str(err.value).startswith("exp.toml")
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the configuration"):
+        load_config(tmp_path / "missing.toml")

@@ -1,0 +1,407 @@
+"""The study loop: running, failures and their policy, resuming (also after SIGKILL), Ray."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from medtune.study import (
+    FailureReason,
+    StudyRunError,
+    StudyStore,
+    StudyStoreError,
+    TrialState,
+    driver_lock,
+    resume_study,
+    run_study,
+    trial_seed,
+)
+from tests.conftest import python_path as _python_path
+from tests.framework.study_fakes import FAILURE_KINDS, FakeSearcher, Scaled
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+
+
+def _integrity(path: Path) -> str:
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        connection.close()
+
+
+def test_inline_study_records_every_trial_and_tells_the_searcher(tmp_path, capsys):
+    store = StudyStore.create(tmp_path / "s.db", seed=3)
+    searcher = FakeSearcher(store.seed)
+    summary = run_study(store, searcher, "tests.framework.study_fakes:quadratic",
+                        n_trials=6, progress=True)
+    assert summary.stop_reason == "n_trials"
+    assert (summary.n_complete, summary.n_failed, summary.n_requeued) == (6, 0, 0)
+    trials = store.trials()
+    assert [t.id for t in trials] == [1, 2, 3, 4, 5, 6]
+    assert [t.suggestion_id for t in trials] == [0, 1, 2, 3, 4, 5]
+    assert all(t.seed == trial_seed(3, t.suggestion_id) for t in trials)
+    assert all(t.intermediate.keys() == {1.0, 2.0} for t in trials)
+    assert searcher.told == [(t.suggestion_id, t.value, False) for t in trials]
+    assert summary.best.value == min(t.value for t in trials)
+    assert "study s" in capsys.readouterr().out
+    store.close()
+
+
+def test_study_ends_when_the_searcher_has_nothing_more(tmp_path):
+    with StudyStore.create(tmp_path / "s.db") as store:
+        summary = run_study(store, FakeSearcher(0, limit=4),
+                            "tests.framework.study_fakes:quadratic", progress=False)
+        assert summary.stop_reason == "searcher" and summary.n_complete == 4
+
+
+def test_timeout_stops_new_trials(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDTUNE_TEST_SLEEP", "0.2")
+    with StudyStore.create(tmp_path / "s.db") as store:
+        summary = run_study(store, FakeSearcher(0), "tests.framework.study_fakes:sleeps",
+                            timeout=0.5, progress=False)
+        assert summary.stop_reason == "timeout"
+        assert 2 <= summary.n_complete <= 4
+
+
+def test_maximize_tells_the_searcher_the_negated_value(tmp_path):
+    with StudyStore.create(tmp_path / "s.db", direction="maximize") as store:
+        searcher = FakeSearcher(1)
+        summary = run_study(store, searcher, "tests.framework.study_fakes:quadratic",
+                            n_trials=5, progress=False)
+        values = {t.suggestion_id: t.value for t in store.trials()}
+        assert searcher.told == [(i, -values[i], False) for i, _, _ in searcher.told]
+        assert summary.best.value == max(values.values())
+
+
+@pytest.mark.parametrize("policy", ["exclude", "penalize"])
+def test_failed_trials_are_recorded_and_the_study_completes(tmp_path, policy):
+    with StudyStore.create(tmp_path / "s.db", seed=5) as store:
+        searcher = FakeSearcher(store.seed)
+        summary = run_study(store, searcher, "tests.framework.study_fakes:failing",
+                            n_trials=12, on_failure=policy, progress=False)
+        assert summary.stop_reason == "n_trials"
+        trials = {t.config["index"]: t for t in store.trials()}
+        assert len(trials) == 12 and store.count() == 12
+        expected = {"exception": FailureReason.EXCEPTION, "nan": FailureReason.NAN,
+                    "memory": FailureReason.OUT_OF_MEMORY, "cuda_oom": FailureReason.OUT_OF_MEMORY}
+        for index, trial in trials.items():
+            kind = FAILURE_KINDS.get(index % 6)
+            if kind in expected:
+                assert trial.state is TrialState.FAIL
+                assert trial.failure_reason is expected[kind]
+                assert trial.traceback
+            elif kind == "pruned":
+                assert trial.state is TrialState.PRUNED and trial.value == 0.5
+            else:
+                assert trial.state is TrialState.COMPLETE
+        assert (summary.n_complete, summary.n_pruned, summary.n_failed) == (2, 2, 8)
+        told = {suggestion_id: (value, failed) for suggestion_id, value, failed in searcher.told}
+        worst_so_far = None
+        for trial in sorted(trials.values(), key=lambda t: t.completion_order):
+            value, failed = told[trial.suggestion_id]
+            if trial.state is TrialState.FAIL and policy == "exclude":
+                assert (value, failed) == (None, True)
+            elif trial.state is TrialState.FAIL:
+                # the worst value so far; before any COMPLETE trial there is none: told failed
+                assert (value, failed) == ((worst_so_far, False) if worst_so_far is not None
+                                           else (None, True))
+            else:
+                assert (value, failed) == (trial.value, False)
+            if trial.state is TrialState.COMPLETE:
+                worst_so_far = max(worst_so_far or trial.value, trial.value)
+            assert (trial.told_value, trial.told_failed) == (value, failed)
+
+
+def test_an_explicit_penalty_is_told_for_failures(tmp_path):
+    with StudyStore.create(tmp_path / "s.db") as store:
+        searcher = FakeSearcher(0)
+        run_study(store, searcher, "tests.framework.study_fakes:failing", n_trials=3,
+                  on_failure="penalize", penalty=10.0, progress=False)
+        assert searcher.told[1] == (1, 10.0, False)
+
+
+def test_process_study_survives_a_dying_worker(tmp_path):
+    with StudyStore.create(tmp_path / "s.db") as store:
+        summary = run_study(store, FakeSearcher(0), "tests.framework.study_fakes:dies_on_index_1",
+                            "process", n_trials=5, n_workers=2, progress=False)
+        assert (summary.n_complete, summary.n_failed) == (4, 1)
+        (dead,) = store.trials([TrialState.FAIL])
+        assert dead.config["index"] == 1 and dead.failure_reason is FailureReason.WORKER_DIED
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with StudyStore.create(tmp_path / "s.db") as store:
+        with pytest.raises(ValueError, match="on_failure must be one of exclude, penalize"):
+            run_study(store, FakeSearcher(0), "tests.framework.study_fakes:quadratic",
+                      n_trials=1, on_failure="ignore", progress=False)
+        run_study(store, FakeSearcher(0), "tests.framework.study_fakes:quadratic", n_trials=1,
+                  progress=False)
+        with pytest.raises(StudyRunError, match="already has 1 trials: continue it with"):
+            run_study(store, FakeSearcher(0), "tests.framework.study_fakes:quadratic",
+                      n_trials=2, progress=False)
+
+
+def test_resume_continues_a_finished_run_without_rerunning_anything(tmp_path):
+    path = tmp_path / "s.db"
+    with StudyStore.create(path, seed=9) as store:
+        run_study(store, FakeSearcher(store.seed, batch=2), "tests.framework.study_fakes:failing",
+                  n_trials=7, progress=False)
+        before = store.trials()
+    searchers = []
+
+    def factory(seed):
+        searchers.append(FakeSearcher(seed, batch=2))
+        return searchers[-1]
+
+    summary = resume_study(path, factory, "tests.framework.study_fakes:failing", n_trials=12,
+                           progress=False)
+    assert summary.n_requeued == 0
+    with StudyStore(path) as store:
+        after = store.trials()
+    assert after[:7] == before
+    assert [t.id for t in after] == list(range(1, 13))
+    assert [t.suggestion_id for t in after] == list(range(12))
+    assert len(searchers[0].told) == 12
+
+
+def test_resume_refuses_a_searcher_that_does_not_replay(tmp_path):
+    path = tmp_path / "s.db"
+    with StudyStore.create(path, seed=9) as store:
+        run_study(store, FakeSearcher(store.seed), "tests.framework.study_fakes:quadratic",
+                  n_trials=3, progress=False)
+    with pytest.raises(StudyRunError, match="trial 1 should be proposal 0"):
+        resume_study(path, lambda seed: FakeSearcher(seed + 1),
+                     "tests.framework.study_fakes:quadratic", n_trials=5, progress=False)
+
+
+def test_an_interrupted_driver_leaves_orphans_that_resume_requeues(tmp_path, monkeypatch):
+    path = tmp_path / "s.db"
+    monkeypatch.setenv("MEDTUNE_TEST_INTERRUPT", "1")
+    with StudyStore.create(path, seed=4) as store:
+        with pytest.raises(KeyboardInterrupt):
+            run_study(store, FakeSearcher(store.seed),
+                      "tests.framework.study_fakes:interrupt_on_index_3", n_trials=6,
+                      progress=False)
+        assert [t.state for t in store.trials()] == [TrialState.COMPLETE] * 3 + [TrialState.RUNNING]
+    monkeypatch.setenv("MEDTUNE_TEST_INTERRUPT", "0")
+    summary = resume_study(path, FakeSearcher, "tests.framework.study_fakes:interrupt_on_index_3",
+                           n_trials=6, progress=False)
+    assert (summary.n_complete, summary.n_requeued) == (6, 1)
+    with StudyStore(path) as store:
+        trials = store.trials()
+    orphan, rerun = trials[3], trials[4]
+    assert orphan.state is TrialState.REQUEUED
+    assert rerun.requeued_from == orphan.id and rerun.state is TrialState.COMPLETE
+    assert (rerun.suggestion_id, rerun.config, rerun.seed) == (
+        orphan.suggestion_id, orphan.config, orphan.seed)
+    assert [t.suggestion_id for t in trials] == [0, 1, 2, 3, 3, 4, 5]
+
+
+SPACE = {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+         "width": {"type": "ordinal", "values": [4, 8, 16]},
+         "loss": {"type": "categorical", "choices": ["dice", "glf"]},
+         "depth": {"type": "int", "low": 1, "high": 4}}
+
+
+def _hyperband(seed):
+    import medtune
+
+    return medtune.create("searcher", "hyperband", space=SPACE, seed=seed, R=9, eta=3,
+                          searcher="random")
+
+
+def test_an_interrupted_hyperband_study_resumes_to_the_uninterrupted_result(
+    tmp_path, monkeypatch
+):
+    from tests.framework import study_fakes
+
+    def outcome(path):
+        with StudyStore(path) as store:
+            return sorted((t.suggestion_id, t.config, t.resource, t.value)
+                          for t in store.trials() if t.state.finished)
+
+    with StudyStore.create(tmp_path / "reference.db", seed=5, direction="maximize") as store:
+        reference = run_study(store, _hyperband(store.seed),
+                              "tests.framework.study_fakes:synthetic", progress=False)
+    assert reference.stop_reason == "searcher" and reference.n_complete > 12
+
+    monkeypatch.setattr(study_fakes, "calls", 0)
+    monkeypatch.setenv("MEDTUNE_TEST_INTERRUPT_AT", "12")
+    path = tmp_path / "interrupted.db"
+    with StudyStore.create(path, seed=5, direction="maximize") as store:
+        with pytest.raises(KeyboardInterrupt):
+            run_study(store, _hyperband(store.seed), "tests.framework.study_fakes:synthetic",
+                      progress=False)
+    monkeypatch.setenv("MEDTUNE_TEST_INTERRUPT_AT", "0")
+    resumed = resume_study(path, _hyperband, "tests.framework.study_fakes:synthetic",
+                           progress=False)
+    assert resumed.n_requeued == 1
+    assert outcome(path) == outcome(tmp_path / "reference.db")
+    assert resumed.best.value == reference.best.value
+
+
+def test_resume_refuses_while_another_driver_runs_the_study(tmp_path):
+    path = tmp_path / "s.db"
+    StudyStore.create(path).close()
+    with driver_lock(path):
+        with pytest.raises(StudyStoreError, match="is being run by pid"):
+            resume_study(path, FakeSearcher, "tests.framework.study_fakes:quadratic",
+                         n_trials=2, progress=False)
+
+
+# ------------------------------------------------------------------------------ SIGKILL
+
+_DRIVER = textwrap.dedent("""
+    import sys
+    from medtune.study import StudyStore, run_study
+    from tests.framework.study_fakes import FakeSearcher
+
+    store = StudyStore.create(sys.argv[1], seed=21)
+    run_study(store, FakeSearcher(store.seed, batch=3), "tests.framework.study_fakes:logged",
+              "process", n_trials=int(sys.argv[2]), n_workers=2, progress=False)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _side_entries(side: Path) -> list[tuple[str, int, int]]:
+    entries = []
+    for line in side.read_text().splitlines():
+        session, index, pid = line.split()
+        entries.append((session, int(index), int(pid)))
+    return entries
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="SIGKILL and /proc checks need Linux")
+def test_sigkill_mid_study_then_resume_loses_nothing_and_runs_nothing_twice(
+    tmp_path, monkeypatch
+):
+    path, side, n_trials = tmp_path / "killed.db", tmp_path / "side.txt", 14
+    env = dict(os.environ, PYTHONPATH=_python_path(), MEDTUNE_TEST_SIDE_FILE=str(side),
+               MEDTUNE_TEST_SESSION="first", MEDTUNE_TEST_SLEEP="0.4")
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(path), str(n_trials)],
+                              env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert driver.poll() is None, "the driver ended before it could be killed"
+            assert time.monotonic() < deadline, "the driver made no progress in 60 s"
+            if path.exists():
+                try:
+                    with StudyStore(path) as store:
+                        done = store.count([TrialState.COMPLETE])
+                        running = store.count([TrialState.RUNNING])
+                except StudyStoreError:
+                    done = running = 0  # caught mid-creation
+                if done >= 5 and running >= 1:
+                    break
+            time.sleep(0.02)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == -signal.SIGKILL
+
+    # The workers die with the driver: nothing of the first session keeps running.
+    first_pids = {pid for session, _, pid in _side_entries(side) if session == "first"}
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in first_pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in first_pids)
+
+    assert _integrity(path) == "ok"
+    with StudyStore(path) as store:
+        snapshot = {t.id: t for t in store.trials()}
+    completed_before = {i: t for i, t in snapshot.items() if t.state is TrialState.COMPLETE}
+    orphans = {i for i, t in snapshot.items() if t.state is TrialState.RUNNING}
+    assert len(completed_before) >= 5 and orphans
+
+    monkeypatch.setenv("MEDTUNE_TEST_SIDE_FILE", str(side))
+    monkeypatch.setenv("MEDTUNE_TEST_SESSION", "second")
+    monkeypatch.setenv("MEDTUNE_TEST_SLEEP", "0.1")
+    summary = resume_study(path, lambda seed: FakeSearcher(seed, batch=3),
+                           "tests.framework.study_fakes:logged", "process",
+                           n_trials=n_trials, n_workers=2, progress=False)
+
+    assert _integrity(path) == "ok"
+    with StudyStore(path) as store:
+        final = {t.id: t for t in store.trials()}
+    # every trial completed before the kill is still there, unchanged
+    assert all(final[i] == t for i, t in completed_before.items())
+    # orphans were requeued: marked, not counted, and re-run as new trials
+    assert {i for i, t in final.items() if t.state is TrialState.REQUEUED} == orphans
+    reruns = {t.requeued_from: t for t in final.values() if t.requeued_from is not None}
+    assert set(reruns) == orphans
+    assert all(reruns[i].config == snapshot[i].config and reruns[i].id > max(snapshot)
+               for i in orphans)
+    # the requested number of trials, no id reused, each proposal finished once
+    assert summary.n_complete == n_trials == store_count(path)
+    assert sorted(final) == list(range(1, len(final) + 1))
+    finished = [t for t in final.values() if t.state.finished]
+    assert len({t.suggestion_id for t in finished}) == len(finished) == n_trials
+    # no proposal ran twice in one session; the second ran each orphan again (the first may
+    # have been killed before an orphan's objective started) and none that had completed
+    entries = _side_entries(side)
+    first_runs = Counter(index for session, index, _ in entries if session == "first")
+    second_runs = Counter(index for session, index, _ in entries if session == "second")
+    assert max(first_runs.values()) == 1 and max(second_runs.values()) == 1
+    orphan_indexes = {snapshot[i].config["index"] for i in orphans}
+    done_indexes = {t.config["index"] for t in completed_before.values()}
+    assert done_indexes <= set(first_runs) and not done_indexes & set(second_runs)
+    assert orphan_indexes <= set(second_runs)
+    assert set(first_runs) | set(second_runs) == {t.config["index"] for t in finished}
+
+
+def store_count(path: Path) -> int:
+    with StudyStore(path) as store:
+        return store.count([TrialState.COMPLETE])
+
+
+# ---------------------------------------------------------------------------------- Ray
+
+
+def test_ray_executor_runs_the_same_study_on_a_local_cluster(tmp_path, ray_cluster):
+    n_trials = 5
+    with StudyStore.create(tmp_path / "process.db", seed=2) as store:
+        local = run_study(store, FakeSearcher(store.seed),
+                          "tests.framework.study_fakes:dies_on_index_1", "process",
+                          n_trials=n_trials, n_workers=2, progress=False)
+    with StudyStore.create(tmp_path / "ray.db", seed=2) as store:
+        summary = run_study(store, FakeSearcher(store.seed),
+                            "tests.framework.study_fakes:dies_on_index_1", "ray",
+                            n_trials=n_trials, n_workers=2, progress=False,
+                            executor_options={"address": ray_cluster})
+        trials = store.trials()
+    assert (summary.n_complete, summary.n_failed) == (local.n_complete, local.n_failed) == (4, 1)
+    (dead,) = [t for t in trials if t.state is TrialState.FAIL]
+    assert dead.config["index"] == 1 and dead.failure_reason is FailureReason.WORKER_DIED
+    ran = [t for t in trials if t.state is TrialState.COMPLETE]
+    assert all(t.worker_pid not in (None, os.getpid()) for t in ran)  # ran on Ray workers
+
+    # a callable object (as `medtune run` passes) travels too, its class imported by name
+    with StudyStore.create(tmp_path / "object.db", seed=2) as store:
+        summary = run_study(store, FakeSearcher(store.seed), Scaled(2.0), "ray", n_trials=3,
+                            n_workers=2, progress=False,
+                            executor_options={"address": ray_cluster})
+        assert summary.n_complete == 3
+        assert all(t.value == 2.0 * t.config["x"] ** 2 for t in store.trials())
+    assert _integrity(tmp_path / "ray.db") == "ok"
