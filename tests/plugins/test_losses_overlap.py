@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import medtune
 import medtune.kernels as kernels
 from medtune.errors import MedtuneError
+from tests.conftest import backend_or_skip as shared_backend_or_skip
 from medtune.plugins.losses import (
     DiceLoss,
     EffectivenessLoss,
@@ -175,13 +176,7 @@ def test_label_maps_reach_the_kernel_unexpanded(monkeypatch: pytest.MonkeyPatch)
 
 
 def backend_or_skip(backend: str) -> None:
-    available = {impl.backend: reason for impl, reason in kernels.candidates("glf_stats", "cpu")}
-    if backend not in available:
-        pytest.skip(
-            f"backend {backend!r} does not run on the CPU here (triton needs TRITON_INTERPRET=1)"
-        )
-    if available[backend] is not None:
-        pytest.skip(f"backend {backend!r} unavailable: {available[backend]}")
+    shared_backend_or_skip("glf_stats", backend)
 
 
 LOSS_CASES = [
