@@ -307,11 +307,16 @@ class ProcessExecutor(Executor):
         self._context = multiprocessing.get_context("spawn")
         self._workers: list[_Worker] = []
 
+    def _threads_per_worker(self) -> int:
+        """An equal share of this machine's cores, so workers do not oversubscribe them."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return max(1, (cores or 1) // self.capacity)
+
     def _start_worker(self) -> _Worker:
         driver_end, worker_end = self._context.Pipe(duplex=True)
         process = self._context.Process(
             target=_process_worker_main,
-            args=(worker_end, self._objective, os.getpid()),
+            args=(worker_end, self._objective, os.getpid(), self._threads_per_worker()),
             name=f"medtune-worker-{len(self._workers)}",
             daemon=True,
         )
@@ -422,9 +427,16 @@ def _process_worker_main(
     connection: multiprocessing.connection.Connection,
     objective: str | Objective,
     driver_pid: int,
+    threads: int,
 ) -> None:
     """Worker loop: receive a task, run it, send the result; exit on None or driver death."""
     _exit_with_driver(driver_pid)
+    try:
+        import torch
+    except ImportError:  # objectives without torch need no thread limit
+        pass
+    else:
+        torch.set_num_threads(threads)
     # Ctrl-C in a terminal reaches the whole process group: the driver handles it (and stops
     # the workers); a worker would only print a second traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

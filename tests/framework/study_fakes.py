@@ -147,3 +147,10 @@ class Scaled:
 
     def __call__(self, config, resource, seed, report):
         return self.factor * config["x"] ** 2
+
+
+def torch_threads(config, resource, seed, report):
+    """The number of threads torch uses in the process that runs the trial."""
+    import torch
+
+    return float(torch.get_num_threads())

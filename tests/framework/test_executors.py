@@ -188,3 +188,13 @@ def test_ray_executor_refuses_an_objective_it_cannot_ship():
     pytest.importorskip("ray")
     with pytest.raises(ExecutorError, match="executor 'ray' cannot send objective"):
         make_executor("ray", lambda config, resource, seed, report: 0.0, n_workers=2)
+
+
+def test_process_workers_share_the_cores_instead_of_oversubscribing():
+    cores = len(os.sched_getaffinity(0))
+    results = []
+    with ProcessExecutor(study_fakes.torch_threads, n_workers=2) as executor:
+        executor.submit(_task(0))
+        while not results:
+            results.extend(executor.wait(timeout=30))
+    assert results[0].value == max(1, cores // 2)
