@@ -2,7 +2,8 @@
 
 Plots: the best value so far against completed trials (with every trial's value and the
 running median of all trials, as in seed 004 Fig. 2.10), the best value so far against wall
-time, and the learning curves that trials reported (value per epoch or resource level).
+time, the objective against each parameter (shaded by training budget), and the learning
+curves that trials reported (value per epoch or resource level).
 """
 
 from __future__ import annotations
@@ -86,6 +87,24 @@ def _plot(store: StudyStore, trials: list[Trial], folder: Path) -> list[str]:
     plt.close(fig)
     names.append("best_by_time.png")
 
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    names_seen = sorted({name for t in complete for name in t.config})
+    if complete and names_seen:
+        fig, axes = plt.subplots(1, len(names_seen), figsize=(3.2 * len(names_seen), 3.2),
+                                 squeeze=False)
+        for ax, name in zip(axes[0], names_seen):
+            having = [t for t in complete if name in t.config]
+            _parameter_panel(ax, name, [(t.config[name], t.value) for t in having],
+                             [t.resource or 0.0 for t in having])
+        axes[0][0].set_ylabel("objective")
+        budgets = sorted({t.resource for t in complete if t.resource is not None})
+        note = f"; darker = larger budget ({', '.join(f'{b:g}' for b in budgets)})" if len(budgets) > 1 else ""
+        fig.suptitle("objective against each parameter (completed trials" + note + ")")
+        fig.tight_layout()
+        fig.savefig(folder / "parameters.png", dpi=100)
+        plt.close(fig)
+        names.append("parameters.png")
+
     curves = [t for t in trials if t.intermediate]
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -101,6 +120,25 @@ def _plot(store: StudyStore, trials: list[Trial], folder: Path) -> list[str]:
         plt.close(fig)
         names.append("learning_curves.png")
     return names
+
+
+def _parameter_panel(ax, name: str, points: list[tuple[object, float]],
+                     budgets: list[float]) -> None:
+    """Objective against one parameter: a scatter for numbers, a strip per category otherwise."""
+    values = [v for _, v in points]
+    style = {"s": 14, "c": budgets, "cmap": "Blues", "vmin": -0.5 * max(budgets + [1.0]),
+             "edgecolors": "0.3", "linewidths": 0.3}
+    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points):
+        xs = [float(x) for x, _ in points]
+        ax.scatter(xs, values, **style)
+        if min(xs) > 0 and max(xs) / min(xs) > 100:
+            ax.set_xscale("log")
+    else:
+        categories = sorted({str(x) for x, _ in points})
+        position = {c: i for i, c in enumerate(categories)}
+        ax.scatter([position[str(x)] for x, _ in points], values, **style)
+        ax.set_xticks(range(len(categories)), categories, rotation=30)
+    ax.set_xlabel(name)
 
 
 def write_report(study_path: str | Path, folder: str | Path | None = None) -> Path:

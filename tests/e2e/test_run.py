@@ -53,6 +53,7 @@ def test_run_status_report_and_resume(tmp_path, monkeypatch, capsys):
     assert (report / "index.html").read_text().count("<tr>") == 7  # header + 6 trials
     assert (report / "best_by_trial.png").stat().st_size > 1000
     assert (report / "learning_curves.png").exists()
+    assert (report / "parameters.png").stat().st_size > 1000
 
     assert main(["status", str(study)]) == 0
     assert "COMPLETE" in capsys.readouterr().out
