@@ -353,14 +353,15 @@ class ProcessExecutor(Executor):
             handles[worker.connection] = worker
             handles[worker.process.sentinel] = worker
         ready = multiprocessing.connection.wait(list(handles), timeout)
+        exited = {id(handles[h]) for h in ready if h == handles[h].process.sentinel}
         results: list[TrialResult] = []
         for worker in {id(handles[h]): handles[h] for h in ready}.values():
-            result = self._collect(worker)
+            result = self._collect(worker, exited=id(worker) in exited)
             if result is not None:
                 results.append(result)
         return results
 
-    def _collect(self, worker: _Worker) -> TrialResult | None:
+    def _collect(self, worker: _Worker, exited: bool = False) -> TrialResult | None:
         task = worker.task
         assert task is not None
         try:
@@ -372,7 +373,11 @@ class ProcessExecutor(Executor):
                 worker.task = None
                 return message
         except (EOFError, OSError, pickle.UnpicklingError):
-            pass
+            exited = True  # the pipe closed: the worker is exiting
+        if exited:
+            # its sentinel fired or its pipe closed: reap it, so that a worker which is still
+            # being torn down is not mistaken for a live one
+            worker.process.join(timeout=30)
         if worker.process.is_alive():
             return None  # woken by the pipe, nothing complete to read yet
         worker.process.join()
