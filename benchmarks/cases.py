@@ -77,6 +77,7 @@ class Case:
     make_target: Callable[[tuple[int, ...], torch.Generator], Tensor]
     describe: Callable[[tuple[int, ...]], str]
     objective: Callable[[Tensor], Tensor] = torch.mean
+    kernel_op: str = "glf_stats"  # the op whose backend fills ``{backend}`` in the labels
     speedup_target: float | None = None
     memory_target: float | None = None
     bandwidth_target: float | None = None
@@ -206,6 +207,87 @@ def _stats_objective(stats: Tensor) -> Tensor:
     return (stats[0] + TVERSKY_ALPHA * stats[1] + TVERSKY_BETA * stats[2]).sum()
 
 
+# --- chol_append: appending one point to a Cholesky factor vs refactorising -----------------
+#
+# "pred" is the Gram matrix K [n+1, n+1] of n+1 points (squared-exponential kernel plus 1e-3
+# noise, float64); "target" holds, stacked, the two [n+1, n+1] buffers whose top-left n × n
+# blocks hold L and L⁻¹ of the first n points. The appends extend them in place (rewriting the
+# same last row on every call); every implementation returns the [n+1, n+1] factor.
+
+
+def _gram_matrix(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    (size,) = shape
+    points = torch.rand((size + 1, 6), generator=generator, dtype=torch.float64)
+    gram = torch.exp(-0.5 * torch.cdist(points, points).square() / 0.3**2)
+    return gram + 1e-3 * torch.eye(size + 1, dtype=torch.float64)
+
+
+def _factor_buffers(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    (size,) = shape
+    seeded = torch.Generator().manual_seed(20240)  # the same draw as make_pred's
+    gram = _gram_matrix(shape, seeded)[:size, :size]
+    buffers = torch.zeros((2, size + 1, size + 1), dtype=torch.float64)
+    factor = torch.linalg.cholesky(gram)
+    buffers[0, :size, :size] = factor
+    eye = torch.eye(size, dtype=torch.float64)
+    buffers[1, :size, :size] = torch.linalg.solve_triangular(factor, eye, upper=False)
+    return buffers
+
+
+def _refactor(with_inverse: bool) -> Computation:
+    def refactor(gram: Tensor, buffers: Tensor) -> Tensor:
+        factor = torch.linalg.cholesky(gram)
+        if with_inverse:
+            eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+            torch.linalg.solve_triangular(factor, eye, upper=False)
+        return factor
+
+    return refactor
+
+
+def _append(with_inverse: bool) -> Computation:
+    from medtune.kernels import chol_append
+
+    def append(gram: Tensor, buffers: Tensor) -> Tensor:
+        n = gram.shape[0] - 1
+        L_buffer, Linv_buffer = buffers[0], buffers[1]
+        Linv = Linv_buffer[:n, :n] if with_inverse else None
+        out = (L_buffer, Linv_buffer if with_inverse else None)
+        return chol_append(L_buffer[:n, :n], gram[n:, :n], gram[n:, n:], Linv, out=out).L
+
+    return append
+
+
+def _chol_append_case(size: int) -> Case:
+    return Case(
+        name=f"chol_append_{size}",
+        title=f"chol_append: one point appended to the Cholesky factor of {size} points",
+        modes=(FORWARD,),
+        implementations=(
+            Implementation("append", "medtune chol_append, L only [{backend}]", partial(_append, False)),
+            Implementation(
+                "append_inverse", "medtune chol_append, L and L⁻¹ [{backend}]", partial(_append, True)
+            ),
+            Implementation("refactor", "torch.linalg.cholesky, full refactorisation", partial(_refactor, False)),
+            Implementation(
+                "refactor_inverse",
+                "torch.linalg.cholesky + solve_triangular for L⁻¹, full",
+                partial(_refactor, True),
+            ),
+        ),
+        peer="refactor",
+        subject="append",
+        shapes={"full": (size,), "quick": (size // 10,)},
+        make_pred=_gram_matrix,
+        make_target=_factor_buffers,
+        describe=lambda s: (
+            f"K [{s[0] + 1}, {s[0] + 1}] float64 (squared-exponential, 6-d points); L and L⁻¹ of "
+            f"the first {s[0]} points in [{s[0] + 1}, {s[0] + 1}] buffers, extended in place"
+        ),
+        kernel_op="chol_append",
+    )
+
+
 MEDTUNE_LOSS_LABEL = "medtune glf_loss, fused [{backend}]"
 REFERENCE_LOSS_LABEL = "glf_loss_reference (plain PyTorch composition)"
 
@@ -277,3 +359,6 @@ CASES: dict[str, Case] = {
         ),
     )
 }
+CASES.update((case.name, case) for case in map(_chol_append_case, (500, 1000, 2000, 4000)))
+# a group name runs every case whose name is the group's name plus "_<n>"
+GROUPS = {"chol_append": [name for name in CASES if name.startswith("chol_append_")]}

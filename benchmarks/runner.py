@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import machine, report, worker
-from benchmarks.cases import CASES, Case
+from benchmarks.cases import CASES, GROUPS, Case
 from benchmarks.memory import MemoryResult
 from benchmarks.timing import Timing
 
@@ -46,7 +46,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--cases", default=",".join(CASES),
-        help=f"comma-separated cases to run (default: all of {', '.join(CASES)})",
+        help=f"comma-separated cases or groups ({', '.join(GROUPS)}) to run (default: all of "
+        f"{', '.join(CASES)})",
     )
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu",
@@ -69,6 +70,9 @@ def _chosen_cases(parser: argparse.ArgumentParser, text: str) -> list[Case]:
     chosen = []
     for name in (part.strip() for part in text.split(",")):
         if not name:
+            continue
+        if name in GROUPS:
+            chosen.extend(CASES[member] for member in GROUPS[name])
             continue
         if name not in CASES:
             close = difflib.get_close_matches(name, list(CASES), n=1)

@@ -92,7 +92,7 @@ def time_table(request: dict) -> dict:
         synchronize=torch.cuda.synchronize if device == "cuda" else (lambda: None),
     )
     return {
-        "backend": select("glf_stats", device).backend,
+        "backend": select(case.kernel_op, device).backend,
         "inputs": inputs.description,
         "pred_bytes": inputs.pred_bytes,
         "moved_bytes": bytes_moved(inputs, mode),

@@ -6,6 +6,16 @@ std::tuple<at::Tensor, int64_t> glf_stats_forward(const at::Tensor& pred, const 
                                                   bool labels, int64_t activation);
 at::Tensor glf_stats_backward(const at::Tensor& pred, const at::Tensor& target, bool labels,
                               int64_t activation, const at::Tensor& coef_a, const at::Tensor& coef_b);
+std::tuple<double, bool> chol_append_(const at::Tensor& L_buffer, int64_t n,
+                                      const at::Tensor& K_new_old, const at::Tensor& K_new_new,
+                                      const at::Tensor& Linv_buffer, double jitter,
+                                      int64_t max_tries, double floor);
+at::Tensor gp_acquisition_forward(const at::Tensor& candidates, const at::Tensor& train_x,
+                                  const at::Tensor& linv, const at::Tensor& alpha,
+                                  const at::Tensor& lengthscales, double outputscale,
+                                  int64_t kernel, double mean_constant, int64_t acquisition,
+                                  double best_f, double xi, double sqrt_beta, bool maximize,
+                                  double min_variance);
 }  // namespace medtune
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -14,5 +24,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(pred [N,C,S], target, labels, activation) -> (stats [N,C,3] float64, invalid label count)");
   m.def("glf_stats_backward", &medtune::glf_stats_backward,
         "(pred, target, labels, activation, a [N,C], b [N,C]) -> grad wrt pred");
+  m.def("chol_append_", &medtune::chol_append_,
+        "(L_buffer [m,m], n, K_new_old [k,n], K_new_new [k,k], Linv_buffer [m,m] or empty, "
+        "jitter, max_tries, floor) -> (jitter added, success); extends the factors in place");
+  m.def("gp_acquisition_forward", &medtune::gp_acquisition_forward,
+        "(candidates [m,d], train_x [n,d], linv [n,n], alpha [n], lengthscales [d], outputscale, "
+        "kernel, mean_constant, acquisition, best_f, xi, sqrt_beta, maximize, min_variance) -> "
+        "[3, m] mean, variance, score");
   m.def("num_threads", [] { return at::get_num_threads(); }, "threads used by the kernels");
 }

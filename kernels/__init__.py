@@ -15,19 +15,31 @@ from medtune.kernels.dispatch import (
     select,
     use_backend,
 )
+from medtune.kernels.chol_append import CholAppend, chol_append, chol_append_reference
 from medtune.kernels.glf_loss import glf_loss, glf_loss_reference, overlap_ratio_loss
 from medtune.kernels.glf_stats import GLFStats, glf_stats, glf_stats_reference
+from medtune.kernels.gp_acquisition import (
+    GPAcquisition,
+    gp_acquisition,
+    gp_acquisition_reference,
+)
 
 __all__ = [
+    "CholAppend",
     "GLFStats",
+    "GPAcquisition",
     "KernelImpl",
     "backends",
     "candidates",
+    "chol_append",
+    "chol_append_reference",
     "forced_backend",
     "glf_loss",
     "glf_loss_reference",
     "glf_stats",
     "glf_stats_reference",
+    "gp_acquisition",
+    "gp_acquisition_reference",
     "ops",
     "overlap_ratio_loss",
     "register_impl",
