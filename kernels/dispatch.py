@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import importlib.util
 import os
 import threading
 import warnings
@@ -54,6 +55,22 @@ _FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("medtune_ba
 _PLUGINS_LOADED = False
 _LOCK = threading.Lock()
 _AUTOMATIC: dict[tuple[str, str], KernelImpl] = {}  # (op, device type) -> automatic choice
+
+
+def triton_priority() -> dict[str, int]:
+    """Ranks of a Triton implementation: chosen on CUDA; on the CPU it runs only in Triton's
+    (slow) interpreter (``TRITON_INTERPRET=1``), so there it is selectable but never chosen."""
+    priority = {"cuda": 10}
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        priority["cpu"] = -10
+    return priority
+
+
+def triton_unavailable() -> str | None:
+    """Why Triton implementations cannot run, or ``None``."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (pip install 'medtune[triton]')"
+    return None
 
 
 def register_impl(impl: KernelImpl, *, replace: bool = False) -> None:

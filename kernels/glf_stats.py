@@ -16,14 +16,19 @@ This file reads top-down: reference, Triton kernels, launchers, registration.
 
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from medtune.errors import KernelError
-from medtune.kernels.dispatch import KernelImpl, register_impl, select
+from medtune.kernels.dispatch import (
+    KernelImpl,
+    register_impl,
+    select,
+    triton_priority,
+    triton_unavailable,
+)
 from medtune.kernels.extension import load_extension, unavailable_reason
 
 try:
@@ -317,27 +322,13 @@ def _cpp_backward(
 # --- registration ----------------------------------------------------------------------------
 
 
-def _triton_unavailable() -> str | None:
-    if triton is None:
-        return "Triton is not installed (pip install 'medtune[triton]')"
-    return None
-
-
-def _triton_priority() -> dict[str, int]:
-    # On the CPU Triton only runs in its (slow) interpreter: selectable on request, never chosen.
-    priority = {"cuda": 10}
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        priority["cpu"] = -10
-    return priority
-
-
 for _op, _torch_fn, _cpp_fn, _triton_fn in (
     ("glf_stats", _torch_forward, _cpp_forward, _triton_forward),
     ("glf_stats_backward", _torch_backward, _cpp_backward, _triton_backward),
 ):
     register_impl(KernelImpl(_op, "torch", _torch_fn, {"*": 0}))
     register_impl(KernelImpl(_op, "cpp", _cpp_fn, {"cpu": 10}, unavailable_reason))
-    register_impl(KernelImpl(_op, "triton", _triton_fn, _triton_priority(), _triton_unavailable))
+    register_impl(KernelImpl(_op, "triton", _triton_fn, triton_priority(), triton_unavailable))
 
 
 @torch.library.custom_op("medtune::glf_stats", mutates_args=())

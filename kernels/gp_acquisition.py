@@ -28,14 +28,19 @@ This file reads top-down: reference, Triton kernel, launcher, registration.
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from medtune.errors import KernelError
-from medtune.kernels.dispatch import KernelImpl, register_impl, select
+from medtune.kernels.dispatch import (
+    KernelImpl,
+    register_impl,
+    select,
+    triton_priority,
+    triton_unavailable,
+)
 from medtune.kernels.extension import load_extension, unavailable_reason
 
 try:
@@ -339,24 +344,10 @@ def _cpp_forward(candidates: Tensor, train_x: Tensor, linv: Tensor, alpha: Tenso
 # --- registration ----------------------------------------------------------------------------
 
 
-def _triton_unavailable() -> str | None:
-    if triton is None:
-        return "Triton is not installed (pip install 'medtune[triton]')"
-    return None
-
-
-def _triton_priority() -> dict[str, int]:
-    # On the CPU Triton only runs in its (slow) interpreter: selectable on request, never chosen.
-    priority = {"cuda": 10}
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        priority["cpu"] = -10
-    return priority
-
-
 register_impl(KernelImpl("gp_acquisition", "torch", _torch_forward, {"*": 0}))
 register_impl(KernelImpl("gp_acquisition", "cpp", _cpp_forward, {"cpu": 10}, unavailable_reason))
-register_impl(KernelImpl("gp_acquisition", "triton", _triton_forward, _triton_priority(),
-                         _triton_unavailable))
+register_impl(KernelImpl("gp_acquisition", "triton", _triton_forward, triton_priority(),
+                         triton_unavailable))
 
 
 @torch.library.custom_op("medtune::gp_acquisition", mutates_args=())
