@@ -26,7 +26,8 @@ def medtune_datasets() -> Mapping[str, Callable[..., Any]]:
 
 @hookimpl
 def medtune_searchers() -> Mapping[str, Callable[..., Any]]:
-    """The built-in searchers: grid, random, hyperband, evolution and local."""
+    """The built-in searchers: grid, random, bayes, hyperband, bohb, evolution and
+    local."""
     from medtune.plugins.searchers import SEARCHERS
 
     return dict(SEARCHERS)

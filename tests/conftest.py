@@ -1,4 +1,5 @@
-"""Shared fixtures: third-party plugin packages pip-installed into throw-away folders."""
+"""Shared fixtures: third-party plugin packages pip-installed into throw-away folders, a Ray
+cluster, one torch thread for tiny-matrix modules."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +36,16 @@ def installed_plugins(tmp_path_factory) -> dict[str, Path]:
         )
         folders[name] = target
     return folders
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module of tiny GP matrices: on a busy machine a second OpenMP
+    thread makes each small op tens of times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def backend_or_skip(op: str, backend: str, device: str = "cpu") -> None:

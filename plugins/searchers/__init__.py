@@ -1,6 +1,8 @@
 """Searcher plugins behind one ask/tell interface (see :mod:`medtune.plugins.searchers.base`).
 
-``grid`` and ``random`` (seed 004, sec. 2.1), ``hyperband`` (seed 004, sec. 2.5.1),
+``grid`` and ``random`` (seed 004, sec. 2.1), ``bayes`` (GP Bayesian optimisation, seed 004,
+sec. 2.2-2.3), ``hyperband`` (seed 004, sec. 2.5.1), ``bohb`` (Hyperband with GP proposals,
+seed 004, sec. 2.5),
 ``evolution`` ((1+1)-ES, seed 001 ch. 5.3.4) and ``local`` (greedy hill climbing, seed 001
 ch. 4.3.3); build one with ``medtune.create("searcher", name, space=..., seed=...,
 direction=..., **options)``.
@@ -12,6 +14,8 @@ from medtune.plugins.searchers.base import (
     SearcherError,
     Suggestion,
 )
+from medtune.plugins.searchers.bayes import BayesSearcher
+from medtune.plugins.searchers.bohb import BOHBSearcher
 from medtune.plugins.searchers.evolution import EvolutionSearcher
 from medtune.plugins.searchers.grid import GridSearcher
 from medtune.plugins.searchers.hyperband import BracketPlan, HyperbandSearcher, bracket_plan
@@ -22,13 +26,17 @@ from medtune.plugins.searchers.random import RandomSearcher
 SEARCHERS = {
     "grid": GridSearcher,
     "random": RandomSearcher,
+    "bayes": BayesSearcher,
     "hyperband": HyperbandSearcher,
+    "bohb": BOHBSearcher,
     "evolution": EvolutionSearcher,
     "local": LocalSearcher,
 }
 
 __all__ = [
     "SEARCHERS",
+    "BOHBSearcher",
+    "BayesSearcher",
     "BracketPlan",
     "EvolutionSearcher",
     "GridSearcher",
