@@ -97,7 +97,8 @@ class Section:
     peak_gbps: float | None
 
 
-def _ms(value: float) -> str:
+def format_ms(value: float) -> str:
+    """A time in milliseconds with about three significant digits."""
     if value >= 100:
         return f"{value:.0f}"
     if value >= 10:
@@ -150,9 +151,9 @@ def render_table(table: Table, section: Section) -> str:
         megabytes, multiple = _memory(row.memory, table.pred_bytes)
         cells = [
             row.label,
-            _ms(row.timing.median),
-            _ms(row.timing.iqr),
-            _ms(min(row.timing.samples_ms)),
+            format_ms(row.timing.median),
+            format_ms(row.timing.iqr),
+            format_ms(min(row.timing.samples_ms)),
             f"{len(row.timing.samples_ms)} × {row.timing.calls}",
             f"{table.speedup(row.key):.2f}×",
             megabytes,

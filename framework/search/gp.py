@@ -178,10 +178,14 @@ class GPHyper:
         return torch.tensor(self.lengthscales, dtype=DTYPE)
 
 
-def _lengthscale_prior_loc(dim: int) -> float:
-    # Dimension-scaled log-normal prior on length-scales (Hvarfner et al. 2024, as BoTorch):
-    # longer length-scales in higher dimension keep the model from overfitting a few points.
-    return math.sqrt(2.0) + 0.5 * math.log(dim)
+#: Gamma(3, 6) prior on every length-scale in the unit cube (mean 0.5, mode 1/3): keeps a
+#: dimension from being declared irrelevant after a few points near one local optimum. (The
+#: dimension-scaled log-normal of Hvarfner et al. 2024 favours long length-scales, and on
+#: Hartmann-6 it froze two dimensions and stalled at the second-best minimum.)
+LENGTHSCALE_PRIOR = (3.0, 6.0)
+#: where L-BFGS starts without a warm start: the prior's mode
+LENGTHSCALE_START = (LENGTHSCALE_PRIOR[0] - 1.0) / LENGTHSCALE_PRIOR[1]
+LENGTHSCALE_MAX = 2.0
 
 
 def fit_hyperparameters(
@@ -208,14 +212,13 @@ def fit_hyperparameters(
     y = y.to(DTYPE)
     n, d = x.shape
     generator = np.random.default_rng(seed)
-    loc = _lengthscale_prior_loc(d)
     starts: list[np.ndarray] = []
     if start is not None:
-        starts.append(np.asarray(start.lengthscales))
+        starts.append(np.clip(start.lengthscales, 2e-3, 0.999 * LENGTHSCALE_MAX))
     else:
-        starts.append(np.full(d, math.exp(loc - 3.0)))  # the prior's mode, exp(mu - sigma²)
+        starts.append(np.full(d, LENGTHSCALE_START))
     for _ in range(restarts):
-        starts.append(np.exp(generator.uniform(math.log(0.05), math.log(2.0 * math.sqrt(d)), d)))
+        starts.append(np.exp(generator.uniform(math.log(0.05), math.log(0.9 * LENGTHSCALE_MAX), d)))
 
     class Model(gpytorch.models.ExactGP):
         def __init__(self, likelihood: Any) -> None:
@@ -224,14 +227,14 @@ def fit_hyperparameters(
             base = (
                 gpytorch.kernels.MaternKernel(
                     nu=2.5, ard_num_dims=d,
-                    lengthscale_prior=gpytorch.priors.LogNormalPrior(loc, math.sqrt(3.0)),
-                    lengthscale_constraint=gpytorch.constraints.GreaterThan(1e-3),
+                    lengthscale_prior=gpytorch.priors.GammaPrior(*LENGTHSCALE_PRIOR),
+                    lengthscale_constraint=gpytorch.constraints.Interval(1e-3, LENGTHSCALE_MAX),
                 )
                 if kernel == "matern52"
                 else gpytorch.kernels.RBFKernel(
                     ard_num_dims=d,
-                    lengthscale_prior=gpytorch.priors.LogNormalPrior(loc, math.sqrt(3.0)),
-                    lengthscale_constraint=gpytorch.constraints.GreaterThan(1e-3),
+                    lengthscale_prior=gpytorch.priors.GammaPrior(*LENGTHSCALE_PRIOR),
+                    lengthscale_constraint=gpytorch.constraints.Interval(1e-3, LENGTHSCALE_MAX),
                 )
             )
             self.covar_module = gpytorch.kernels.ScaleKernel(
@@ -291,7 +294,7 @@ def fit_hyperparameters(
         return best[1]
     if start is not None:
         return start
-    return GPHyper(tuple(math.exp(loc - 3.0) for _ in range(d)), kernel=kernel)
+    return GPHyper((LENGTHSCALE_START,) * d, kernel=kernel)
 
 
 # --- the surrogate --------------------------------------------------------------------------

@@ -16,7 +16,9 @@ suggestion costs one pass of the fused ``gp_acquisition`` op over the candidates
 Candidates. On a finite space of at most ``finite_limit`` configurations every configuration
 not tried yet is scored at every step (seed 004, sec. 2.6.3: 34,300 models). Otherwise the
 candidates are ``candidates`` scrambled Sobol points plus ``local_candidates`` perturbations of
-the best observations; the ``refine_starts`` best are refined by gradient ascent of the
+the best observations (past 300 observations the Sobol share shrinks as 1/n, to no fewer
+than 256, to bound the O(n²)-per-candidate cost, and so does the refinement's iteration
+budget, to no fewer than 10); the ``refine_starts`` best are refined by gradient ascent of the
 acquisition (log EI, log PI or UCB; L-BFGS-B, at most ``refine_steps`` iterations, on the
 continuous coordinates), then rounded to the space. A configuration already tried is never
 proposed again.
@@ -300,7 +302,10 @@ class BayesSearcher(Searcher):
         return x
 
     def _continuous_candidates(self) -> torch.Tensor:
-        points = [self._sobol.draw(self.candidates, dtype=DTYPE)]
+        # Scoring costs O(n²) per candidate: past 300 observations the Sobol share shrinks as
+        # 1/n (to no fewer than 256), keeping a suggestion's cost near that at n = 300.
+        count = max(min(self.candidates, 256), self.candidates * 300 // max(300, self.gp.n))
+        points = [self._sobol.draw(count, dtype=DTYPE)]
         if self.local_candidates and self._scores:
             best = np.argsort(self._scores)[:5]
             centres = self.encoder.encode([self._configs[i] for i in best])
@@ -329,6 +334,9 @@ class BayesSearcher(Searcher):
         from scipy.optimize import minimize
 
         mask = torch.from_numpy(self.encoder.continuous)
+        # each step reads the n × n inverse factor twice (forward and backward): past 300
+        # observations the iteration budget shrinks as 1/n, to no fewer than 10
+        steps = max(min(self.refine_steps, 10), self.refine_steps * 300 // max(300, self.gp.n))
         fixed = starts.clone()
         free = fixed[:, mask]
 
@@ -342,7 +350,7 @@ class BayesSearcher(Searcher):
 
         result = minimize(objective, free.reshape(-1).numpy(), jac=True, method="L-BFGS-B",
                           bounds=[(0.0, 1.0)] * free.numel(),
-                          options={"maxiter": self.refine_steps})
+                          options={"maxiter": steps})
         refined = fixed.clone()
         refined[:, mask] = torch.from_numpy(result.x).reshape(free.shape).clamp(0.0, 1.0)
         return self._snap(refined) if self._has_discrete else refined

@@ -64,9 +64,10 @@ def test_matches_full_factorisation(backend, n, k):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_matches_full_factorisation_at_4000(backend):
+@pytest.mark.parametrize("k", [1, 8])
+def test_matches_full_factorisation_at_4000(backend, k):
     backend_or_skip("chol_append", backend)
-    _check_append(backend, 4000, 1, seed=1)
+    _check_append(backend, 4000, k, seed=1)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -439,3 +439,28 @@ def test_refits_follow_the_schedule_and_observations_are_appended_between(
                               refit_every=10, refit_growth=0.0, **FAST)
     drive(searcher, branin, 40)
     assert refits == [5, 15, 25, 35]
+
+
+def test_two_process_workers_stay_busy_with_fantasies(tmp_path, monkeypatch):
+    """A study with two process workers: after the initial phase the searcher is asked while
+    a trial is still running, and its suggestion (with that trial as a fantasy) runs in
+    parallel with it."""
+    from medtune.study import StudyStore, TrialState, run_study
+
+    monkeypatch.setenv("MEDTUNE_TEST_SLEEP", "0.3")
+    space = SearchSpace([Float("x", -2.0, 2.0)])
+    searcher = medtune.create("searcher", "bayes", space=space, seed=0, n_initial=2,
+                              restarts=0, **FAST)
+    with StudyStore.create(tmp_path / "s.db") as store:
+        summary = run_study(store, searcher, "tests.framework.study_fakes:sleeps", "process",
+                            n_trials=8, n_workers=2, progress=False)
+        assert summary.n_complete == 8
+        trials = sorted(store.trials([TrialState.COMPLETE]), key=lambda t: t.started)
+    modelled = [t for t in trials if t.tag.get("model")]
+    assert len(modelled) >= 5
+    overlaps = sum(
+        1 for a, b in zip(modelled, modelled[1:]) if b.started < a.finished
+    )
+    assert overlaps >= 2, "model-based trials never ran side by side"
+    xs = [t.config["x"] for t in trials]
+    assert len(set(xs)) == len(xs)
