@@ -18,7 +18,7 @@ def medtune_losses() -> Mapping[str, Callable[..., Any]]:
 
 @hookimpl
 def medtune_datasets() -> Mapping[str, Callable[..., Any]]:
-    """The built-in datasets, generated from a seed: small_lesion."""
+    """The built-in datasets, generated from a seed: small_lesion and organ_phantom."""
     from medtune.plugins.datasets import DATASETS
 
     return dict(DATASETS)
