@@ -266,11 +266,16 @@ class BayesSearcher(Searcher):
                            torch.tensor(self._scores[new], dtype=DTYPE))
             self._in_model = len(self._scores)
 
+    def _fantasy_points(self) -> list[torch.Tensor]:
+        """GP inputs of the configurations to add as fantasies: the pending ones."""
+        return list(self._pending_x.values())
+
     def _add_fantasies(self) -> None:
         """Pending configurations as fantasies (constant liar or Kriging believer)."""
-        if self.parallel == "sample" or not self._pending_x:
+        fantasies = self._fantasy_points()
+        if self.parallel == "sample" or not fantasies:
             return
-        points = torch.cat(list(self._pending_x.values()))
+        points = torch.cat(fantasies)
         if self.parallel == "liar":
             observed = torch.tensor(self._scores, dtype=DTYPE)
             lie = {"worst": observed.max(), "mean": observed.mean(), "best": observed.min()}

@@ -7,9 +7,10 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+import torch
 
 import medtune
-from medtune.plugins.searchers import BOHBSearcher, SearcherError, bracket_plan
+from medtune.plugins.searchers import BayesSearcher, BOHBSearcher, SearcherError, bracket_plan
 
 SPACE = {name: {"type": "float", "low": 0.0, "high": 1.0} for name in ("a", "b", "c")}
 #: cheap model settings: the tests check behaviour, not the last digit of quality
@@ -132,3 +133,21 @@ def test_finite_space_runs_out_without_repeating_a_configuration() -> None:
         searcher.tell(suggestion, suggestion.config["a"] + 1.0 / suggestion.config["b"])
     assert searcher.finished
     assert len(started) == len(set(started)) == 12
+
+
+def _closest_pair(searcher: BOHBSearcher, history: list) -> float:
+    starts = [s.config for s, _ in history if s.tag["rung"] == 0]
+    x = searcher.model.encoder.encode(starts)
+    distances = torch.cdist(x, x) + torch.eye(len(starts), dtype=x.dtype) * 10
+    return float(distances.min())
+
+
+def test_per_budget_model_does_not_propose_the_same_optimum_twice(monkeypatch) -> None:
+    """Configurations started at another budget are fantasies of the per-budget model: without
+    them, brackets that start at a higher budget get the same optimum proposed again."""
+    searcher, history = run("bohb", seed=0, iterations=1, **FAST)
+    assert _closest_pair(searcher, history) > 1e-3
+    monkeypatch.setattr(BOHBSearcher.__init__.__globals__["_BudgetModel"], "_fantasy_points",
+                        BayesSearcher._fantasy_points)
+    searcher, history = run("bohb", seed=0, iterations=1, **FAST)
+    assert _closest_pair(searcher, history) < 1e-3  # the failure the fantasies prevent
