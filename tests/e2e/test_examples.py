@@ -25,5 +25,6 @@ def test_search_small_lesions_example(tmp_path, monkeypatch, capsys):
     assert losses <= {"dice", "tversky", "glf"} and len(losses) >= 2
     assert best > 0.3  # trained networks find the lesions
     report = tmp_path / "studies" / "search_small_lesions_report"
-    for name in ("index.html", "best_by_trial.png", "best_by_time.png", "learning_curves.png"):
+    for name in ("index.html", "best_by_trial.png", "best_by_time.png", "learning_curves.png",
+                 "model.png", "relevance.png"):  # bohb's GP predictions and relevance
         assert (report / name).stat().st_size > 0, name
