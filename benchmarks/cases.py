@@ -288,6 +288,78 @@ def _chol_append_case(size: int) -> Case:
     )
 
 
+# --- warp3d: template composition φ0 ∘ L ∘ G (seed 004 eq. 4.7) vs affine_grid + grid_sample -----
+#
+# "pred" is the local displacement L [N, 3, D, H, W] (normalised units, the tensor trained), and
+# "target" the template φ0 [N, 1, D, H, W]; G is a fixed affine (small rotation, scaling and
+# shift). Both sides resample the template at p + L(p), p = G x, with zeros padding.
+
+
+def _warp_affine(n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    angle = torch.tensor(0.1, dtype=torch.float64)
+    c, s = torch.cos(angle), torch.sin(angle)
+    affine = torch.tensor([[1.05 * c, -s, 0.0, 0.02], [s, 0.95 * c, 0.0, -0.03],
+                           [0.0, 0.0, 1.0, 0.01]], dtype=torch.float64)
+    return affine.to(device=device, dtype=dtype).expand(n, 3, 4)
+
+
+def _medtune_warp() -> Computation:
+    from medtune.kernels import warp3d
+
+    def warp(displacement: Tensor, template: Tensor) -> Tensor:
+        affine = _warp_affine(template.shape[0], template.device, template.dtype)
+        return warp3d(template, displacement, affine, compose="affine_first")
+
+    return warp
+
+
+def _grid_sample_warp() -> Computation:
+    import torch.nn.functional as F
+
+    def warp(displacement: Tensor, template: Tensor) -> Tensor:
+        affine = _warp_affine(template.shape[0], template.device, template.dtype)
+        grid = F.affine_grid(affine, list(template.shape), align_corners=False)
+        local = F.grid_sample(displacement, grid, padding_mode="border", align_corners=False)
+        grid = grid + local.movedim(1, -1)
+        return F.grid_sample(template, grid, padding_mode="zeros", align_corners=False)
+
+    return warp
+
+
+def _small_displacement(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    return 0.05 * torch.randn(shape, generator=generator)
+
+
+def _template(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    n, _, *spatial = shape
+    return torch.rand((n, 1, *spatial), generator=generator)
+
+
+def _warp3d_case(size: int) -> Case:
+    return Case(
+        name=f"warp3d_{size}",
+        title="warp3d: template ∘ L ∘ G (eq. 4.7), gradient wrt the displacement",
+        modes=(FORWARD, FORWARD_BACKWARD),
+        implementations=(
+            Implementation("medtune", "medtune warp3d, no sampling grid [{backend}]", _medtune_warp),
+            Implementation(
+                "grid_sample", "affine_grid + grid_sample (field, then template)", _grid_sample_warp
+            ),
+        ),
+        peer="grid_sample",
+        subject="medtune",
+        shapes={"full": (2, 3, size, size, size), "quick": (1, 3, 16, 16, 16)},
+        make_pred=_small_displacement,
+        make_target=_template,
+        describe=lambda s: (
+            f"displacement {dims(s)} float32, template {dims((s[0], 1, *s[2:]))} float32, "
+            "fixed affine [N, 3, 4]"
+        ),
+        kernel_op="warp3d",
+        speedup_target=2.0,
+    )
+
+
 MEDTUNE_LOSS_LABEL = "medtune glf_loss, fused [{backend}]"
 REFERENCE_LOSS_LABEL = "glf_loss_reference (plain PyTorch composition)"
 
@@ -360,5 +432,6 @@ CASES: dict[str, Case] = {
     )
 }
 CASES.update((case.name, case) for case in map(_chol_append_case, (500, 1000, 2000, 4000)))
+CASES.update((case.name, case) for case in map(_warp3d_case, (80,)))
 # a group name runs every case whose name is the group's name plus "_<n>"
 GROUPS = {"chol_append": [name for name in CASES if name.startswith("chol_append_")]}

@@ -16,6 +16,15 @@ at::Tensor gp_acquisition_forward(const at::Tensor& candidates, const at::Tensor
                                   int64_t kernel, double mean_constant, int64_t acquisition,
                                   double best_f, double xi, double sqrt_beta, bool maximize,
                                   double min_variance);
+at::Tensor warp3d_forward(const at::Tensor& volume, const c10::optional<at::Tensor>& displacement,
+                          const at::Tensor& mv, const c10::optional<at::Tensor>& mu,
+                          const c10::optional<at::Tensor>& b, bool nearest, bool border,
+                          at::IntArrayRef size);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> warp3d_backward(
+    const at::Tensor& grad_out, const at::Tensor& volume,
+    const c10::optional<at::Tensor>& displacement, const at::Tensor& mv,
+    const c10::optional<at::Tensor>& mu, const c10::optional<at::Tensor>& b, bool nearest,
+    bool border, bool need_volume, bool need_transform);
 }  // namespace medtune
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -31,5 +40,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(candidates [m,d], train_x [n,d], linv [n,n], alpha [n], lengthscales [d], outputscale, "
         "kernel, mean_constant, acquisition, best_f, xi, sqrt_beta, maximize, min_variance) -> "
         "[3, m] mean, variance, score");
+  m.def("warp3d_forward", &medtune::warp3d_forward,
+        "(volume [N,C,D,H,W], displacement [N,K,d,h,w] or None, Mv [N,3,4], Mu [N,3,4] or None, "
+        "B [N,3,K] or None, nearest, border, size (D,H,W)) -> resampled [N,C,*size]");
+  m.def("warp3d_backward", &medtune::warp3d_backward,
+        "(grad_out, volume, displacement, Mv, Mu, B, nearest, border, need_volume, "
+        "need_transform) -> (grad volume, grad displacement, [N,33] float64 sums: Mv, Mu, B)");
   m.def("num_threads", [] { return at::get_num_threads(); }, "threads used by the kernels");
 }

@@ -23,6 +23,7 @@ from medtune.kernels.gp_acquisition import (
     gp_acquisition,
     gp_acquisition_reference,
 )
+from medtune.kernels.warp3d import warp3d, warp3d_reference
 
 __all__ = [
     "CholAppend",
@@ -45,4 +46,6 @@ __all__ = [
     "register_impl",
     "select",
     "use_backend",
+    "warp3d",
+    "warp3d_reference",
 ]
