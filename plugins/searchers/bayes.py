@@ -397,7 +397,7 @@ class BayesSearcher(Searcher):
         observed = self.gp.n
         self._add_fantasies()
         try:
-            config, point, details = self._model_choice()
+            config, details = self._model_choice()
         finally:
             self.gp.truncate(observed)
         if config is None:
@@ -405,18 +405,19 @@ class BayesSearcher(Searcher):
         self._mark(config)
         return Proposal(config, tag={"model": details})
 
-    def _model_choice(self) -> tuple[dict[str, Any] | None, torch.Tensor | None, dict[str, Any]]:
+    def _model_choice(self) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The best untried configuration by the acquisition and its tag (None when none is
+        left)."""
         if self._table is not None:
             assert self._untried is not None
             rows = np.flatnonzero(self._untried)
             if rows.size == 0:
-                return None, None, {}
+                return None, {}
             x = self._table[torch.from_numpy(rows)]
             scores, means, variances = self._score(x)
             choice = self._pick(scores)[0]
             config = self._table_configs[int(rows[choice])]
-            return config, x[choice], self._details(scores[choice], means[choice],
-                                                    variances[choice])
+            return config, self._details(scores[choice], means[choice], variances[choice])
         x = self._continuous_candidates()
         scores, means, variances = self._score(x)
         order = self._pick(scores)
@@ -433,8 +434,8 @@ class BayesSearcher(Searcher):
         for i in order:
             config = self.encoder.decode(x[i])
             if not self._sampler.seen(config):
-                return config, x[i], self._details(scores[i], means[i], variances[i])
-        return None, None, {}
+                return config, self._details(scores[i], means[i], variances[i])
+        return None, {}
 
     def _details(self, score: torch.Tensor, mean: torch.Tensor,
                  variance: torch.Tensor) -> dict[str, Any]:
