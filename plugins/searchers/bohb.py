@@ -102,17 +102,23 @@ class _BudgetModel(BayesSearcher):
     def _observe(self, suggestion: Suggestion, score: float | None, failed: bool) -> None:
         self._pending_x.pop(suggestion.id, None)  # results arrive through observe_at
 
-    def _fantasy_points(self) -> list[torch.Tensor]:
-        """Besides the pending configurations, a per-budget model fantasises every started
-        configuration it has no result for at its level (trained at another budget, or lost to
-        a failure): otherwise it would propose the same optimum again and again."""
-        points = super()._fantasy_points()
-        if self.mode == "per_budget" and self._modelled is not None:
-            modelled = {self.space.key(c) for c in self._by_resource[self._modelled][0]}
-            pending = {self.space.key(s.config) for s in self.pending}
-            points += [self.encoder.encode([config]) for key, config in self._started.items()
-                       if key not in modelled and key not in pending]
-        return points
+    def _add_fantasies(self) -> None:
+        """Pending configurations as the parent's fantasies; besides, a per-budget model
+        believes its own prediction at every started configuration it has no result for at its
+        level (trained at another budget, or lost to a failure): the variance there collapses,
+        so the same optimum is not proposed again, without the constant liar's claim that a
+        promoted (good) configuration was bad."""
+        super()._add_fantasies()
+        if self.mode != "per_budget" or self._modelled is None:
+            return
+        modelled = {self.space.key(c) for c in self._by_resource[self._modelled][0]}
+        pending = {self.space.key(s.config) for s in self.pending}
+        others = [config for key, config in self._started.items()
+                  if key not in modelled and key not in pending]
+        if others:
+            points = self.encoder.encode(others)
+            mean, _ = self.gp.predict(points)
+            self.gp.append(points, mean)
 
     def _random(self) -> Proposal | None:
         return self._started_proposal(super()._random())

@@ -147,7 +147,7 @@ def test_per_budget_model_does_not_propose_the_same_optimum_twice(monkeypatch) -
     them, brackets that start at a higher budget get the same optimum proposed again."""
     searcher, history = run("bohb", seed=0, iterations=1, **FAST)
     assert _closest_pair(searcher, history) > 1e-3
-    monkeypatch.setattr(BOHBSearcher.__init__.__globals__["_BudgetModel"], "_fantasy_points",
-                        BayesSearcher._fantasy_points)
+    monkeypatch.setattr(BOHBSearcher.__init__.__globals__["_BudgetModel"], "_add_fantasies",
+                        BayesSearcher._add_fantasies)
     searcher, history = run("bohb", seed=0, iterations=1, **FAST)
     assert _closest_pair(searcher, history) < 1e-3  # the failure the fantasies prevent
