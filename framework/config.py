@@ -29,6 +29,11 @@ Layout::
     high = 1e-2
     log = true
 
+    [table]                          # optional: a results table shaped like a paper's
+    title = "Dice by learning rate"
+    rows = ["lr"]                    # configuration keys that name a row
+    columns = ["value"]              # the objective's value and/or its named metrics
+
 Every error names the file, the key path and what was expected.
 """
 
@@ -41,7 +46,11 @@ from typing import Any
 
 from medtune.errors import MedtuneError
 
-TASKS = {"segmentation": "medtune.tasks.segmentation:train_segmentation"}
+TASKS = {
+    "segmentation": "medtune.tasks.segmentation:train_segmentation",
+    "transfer": "medtune.tasks.transfer:train_transfer",
+    "template": "medtune.tasks.template:train_template",
+}
 EXECUTORS = ("inline", "process", "ray")
 DIRECTIONS = ("minimize", "maximize")
 FAILURE_POLICIES = ("exclude", "penalize")
@@ -49,6 +58,16 @@ FAILURE_POLICIES = ("exclude", "penalize")
 
 class ConfigError(MedtuneError, ValueError):
     """A study configuration is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A results table: completed trials grouped by the configuration keys ``rows``, each of
+    ``columns`` (``"value"`` or a metric the objective returns) as mean ± std per group."""
+
+    title: str
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
 
 
 @dataclass
@@ -71,6 +90,7 @@ class StudyConfig:
     objective: str
     settings: dict[str, Any]
     space: dict[str, Any]
+    table: TableSpec | None = None
     source: str = ""
     path: Path | None = field(default=None, repr=False)
 
@@ -108,9 +128,10 @@ def parse_config(text: str, path: str | Path = "<string>") -> StudyConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"study", "searcher", "objective", "space"})
+    unknown = sorted(set(data) - {"study", "searcher", "objective", "space", "table"})
     if unknown:
-        raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)}; expected study, searcher, objective, space")
+        raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)}; expected study, "
+                          "searcher, objective, space, table")
     study = _expect(data, "study", dict, where, {})
     known = {"name", "direction", "n_trials", "timeout", "seed", "storage", "executor", "n_workers",
              "address", "on_failure", "penalty"}
@@ -161,6 +182,7 @@ def parse_config(text: str, path: str | Path = "<string>") -> StudyConfig:
     for parameter, table in space.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: space.{parameter}: expected a table with a type, got {table!r}")
+    table_spec = _table_spec(_expect(data, "table", dict, where), space, name, where)
     return StudyConfig(
         name=name,
         direction=_choice(_expect(study, "direction", str, w, "maximize"), DIRECTIONS, f"{w}.direction"),
@@ -178,9 +200,31 @@ def parse_config(text: str, path: str | Path = "<string>") -> StudyConfig:
         objective=objective,
         settings=settings,
         space=space,
+        table=table_spec,
         source=text,
         path=Path(path) if where != "<string>" else None,
     )
+
+
+def _table_spec(table: dict | None, space: dict[str, Any], name: str, where: str) -> TableSpec | None:
+    if table is None:
+        return None
+    tw = f"{where}: table"
+    extra = sorted(set(table) - {"title", "rows", "columns"})
+    if extra:
+        raise ConfigError(f"{tw}: unknown key(s) {', '.join(extra)}; known: title, rows, columns")
+    keys = {}
+    for key in ("rows", "columns"):
+        value = _expect(table, key, list, tw, required=True)
+        if not value or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{tw}.{key}: expected a non-empty list of names, got {value!r}")
+        keys[key] = tuple(value)
+    missing = [row for row in keys["rows"] if row not in space]
+    if missing:
+        raise ConfigError(f"{tw}.rows: {', '.join(map(repr, missing))} not in the space; rows "
+                          f"name searched parameters: {', '.join(space)}")
+    title = _expect(table, "title", str, tw, f"{name}: mean ± std by {', '.join(keys['rows'])}")
+    return TableSpec(title=title, rows=keys["rows"], columns=keys["columns"])
 
 
 def load_config(path: str | Path) -> StudyConfig:

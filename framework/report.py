@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.study.store import StudyStore, Trial, TrialState
+from medtune.tables import ResultTable, study_table
 
 #: The model plot appears once at least this many finished trials carry a model prediction.
 MIN_MODEL_TRIALS = 3
@@ -335,6 +336,15 @@ def _parameter_panel(ax, name: str, points: list[tuple[object, float]],
     ax.set_xlabel(name)
 
 
+def _results_html(table: ResultTable) -> str:
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in table.header)
+    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+                     for row in table.text_rows())
+    return (f"\n<h2>Results</h2>\n<p>{html.escape(table.title)} (mean ± standard deviation over "
+            f"the completed trials of each row; n trials)</p>\n<table><tr>{head}</tr>\n{body}\n"
+            "</table>")
+
+
 def write_report(study_path: str | Path, folder: str | Path | None = None) -> Path:
     """Write ``index.html`` and the PNG plots of a study; returns the HTML path.
 
@@ -355,6 +365,8 @@ def write_report(study_path: str | Path, folder: str | Path | None = None) -> Pa
         )
         if model_section:
             model_section = "\n<h2>Model</h2>" + model_section
+        results = study_table(store)
+        results_section = _results_html(results) if results is not None else ""
         best = store.best_trial()
         counts = {state.value: sum(t.state == state for t in store.trials()) for state in TrialState}
         rows = "\n".join(
@@ -363,6 +375,7 @@ def write_report(study_path: str | Path, folder: str | Path | None = None) -> Pa
                 "" if t.resource is None else f"{t.resource:g}",
                 "" if t.duration is None else f"{t.duration:.1f}",
                 json.dumps(t.config, sort_keys=True),
+                json.dumps(t.metrics, sort_keys=True) if t.metrics else "",
                 (t.failure_reason.value if t.failure_reason else ""),
             )) + "</tr>"
             for t in sorted(store.trials(), key=lambda t: t.id)
@@ -377,10 +390,10 @@ def write_report(study_path: str | Path, folder: str | Path | None = None) -> Pa
 td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}}</style></head><body>
 <h1>Study {html.escape(store.name)}</h1>
 <p>Direction: {store.direction}. Trials: {html.escape(json.dumps(counts))}.</p>
-<p><b>Best:</b> {best_text}</p>
+<p><b>Best:</b> {best_text}</p>{results_section}
 {''.join(f'<p><img src="{name}" alt="{name}"></p>' for name in plots)}{model_section}
 <h2>Trials</h2>
-<table><tr><th>id</th><th>state</th><th>value</th><th>resource</th><th>seconds</th><th>config</th><th>failure</th></tr>
+<table><tr><th>id</th><th>state</th><th>value</th><th>resource</th><th>seconds</th><th>config</th><th>metrics</th><th>failure</th></tr>
 {rows}
 </table></body></html>
 """

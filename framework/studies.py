@@ -14,6 +14,7 @@ from medtune.report import write_report
 from medtune.search.space import SearchSpace
 from medtune.study.runner import StudySummary, resume_study, run_study
 from medtune.study.store import StudyStore, TrialState
+from medtune.tables import study_table
 from medtune.tasks import ConfiguredObjective
 
 
@@ -112,6 +113,14 @@ def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
                           "" if t.duration is None else f"{t.duration:.1f}",
                           json.dumps(t.config, sort_keys=True))
         console.print(table)
+        results = study_table(store)
+        if results is not None:
+            summary_table = Table(title=results.title)
+            for column in results.header:
+                summary_table.add_column(column)
+            for row in results.text_rows():
+                summary_table.add_row(*row)
+            console.print(summary_table)
         failed = sum(t.state == TrialState.FAIL for t in store.trials())
         if failed:
             console.print(f"{failed} trial(s) failed; `medtune report {study_path}` lists why.")

@@ -4,8 +4,9 @@ the study store, so workers never touch the study file.
 An objective is ``objective(config, resource, seed, report) -> float``: it trains the model
 ``config`` describes with budget ``resource`` (``None`` when the searcher does not use one)
 and random seed ``seed``, may call ``report(step, value)`` with intermediate values (one per
-resource level or epoch), and returns the metric. It may raise :class:`TrialPruned` to stop
-early. What happens to it is classified by :func:`run_trial`, the same way on every executor:
+resource level or epoch), and returns the metric - or a mapping with the metric under
+``"value"`` and further named numbers (per-population Dice, seconds per epoch...), which the
+store keeps as the trial's ``metrics``. It may raise :class:`TrialPruned` to stop early. What happens to it is classified by :func:`run_trial`, the same way on every executor:
 
 - a finite number returned: COMPLETE;
 - ``TrialPruned``: PRUNED, with the last reported value;
@@ -53,7 +54,8 @@ class TrialPruned(Exception):
 
 
 class Objective(Protocol):
-    """``objective(config, resource, seed, report) -> float``; ``report(step, value)``."""
+    """``objective(config, resource, seed, report) -> float | {"value": float, name: float}``;
+    ``report(step, value)``."""
 
     def __call__(
         self,
@@ -61,7 +63,7 @@ class Objective(Protocol):
         resource: float | None,
         seed: int,
         report: Callable[[float, float], None],
-    ) -> float: ...
+    ) -> float | Mapping[str, float]: ...
 
 
 @dataclass(frozen=True)
@@ -158,9 +160,10 @@ def run_trial(objective: Objective, task: TrialTask) -> TrialResult:
     started = utc_now()
     clock = time.perf_counter()
     state, value, reason, trace = TrialState.COMPLETE, None, None, None
+    metrics: dict[str, float] = {}
     try:
         returned = objective(dict(task.config), task.resource, task.seed, report)
-        value = _as_metric(returned)
+        value, metrics = _as_metrics(returned)
     except TrialPruned:
         state = TrialState.PRUNED
         value = intermediate[-1][1] if intermediate else None
@@ -183,17 +186,34 @@ def run_trial(objective: Objective, task: TrialTask) -> TrialResult:
         host=socket.gethostname(),
         worker_pid=os.getpid(),
         intermediate=tuple(intermediate),
+        metrics=metrics,
     )
     return TrialResult(task.trial_id, state, value, reason, trace, execution)
 
 
-def _as_metric(returned: Any) -> float:
+def _as_metrics(returned: Any) -> tuple[float, dict[str, float]]:
+    """The objective's value and further named metrics: it returns one number, or a mapping
+    with the value under ``"value"`` and other numbers under their names."""
+    if isinstance(returned, Mapping):
+        if "value" not in returned:
+            raise TypeError(
+                f"the objective returned a mapping without a 'value' key (keys: "
+                f"{', '.join(map(repr, returned))}); put the metric the study optimises under "
+                "'value'"
+            )
+        metrics = {str(name): _as_number(v, f"metric {name!r}") for name, v in returned.items()}
+        return metrics.pop("value"), metrics
+    return _as_number(returned, "value"), {}
+
+
+def _as_number(returned: Any, what: str) -> float:
     try:
         return float(returned)
     except (TypeError, ValueError):
         raise TypeError(
-            f"the objective returned {returned!r} ({type(returned).__name__}); it must return "
-            "the metric as one number"
+            f"the objective's {what} is {returned!r} ({type(returned).__name__}); it must be "
+            "one number (an objective returns a number or a mapping of named numbers with the "
+            "optimised one under 'value')"
         ) from None
 
 

@@ -38,7 +38,13 @@ from medtune.errors import MedtuneError
 
 #: Version of the table layout below; a file with a larger version was written by a newer
 #: medtune and is refused.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+#: How to bring an older file up to :data:`SCHEMA_VERSION`, one step per version (run in one
+#: transaction when the file is opened).
+_MIGRATIONS = {
+    1: "ALTER TABLE trials ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}'",
+}
 APPLICATION = "medtune"
 
 #: How long a write waits in total for another process's lock before giving up (seconds).
@@ -118,7 +124,8 @@ CREATE TABLE trials (
     asked_after      INTEGER NOT NULL DEFAULT 0,  -- results recorded before it was proposed
     requeued_from    INTEGER REFERENCES trials(id),  -- the orphaned trial it re-runs
     told_value       REAL,              -- what the driver told the searcher (to replay it)
-    told_failed      INTEGER            -- 1 when the searcher was told the trial failed
+    told_failed      INTEGER,           -- 1 when the searcher was told the trial failed
+    metrics          TEXT NOT NULL DEFAULT '{}'  -- JSON: further named results of the objective
 );
 CREATE INDEX trials_state ON trials(state);
 CREATE TABLE intermediate_values (
@@ -155,11 +162,13 @@ class Trial:
     told_value: float | None
     told_failed: bool | None
     intermediate: dict[float, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Execution:
-    """Where and when an objective ran, and the intermediate values it reported.
+    """Where and when an objective ran, the intermediate values it reported and the further
+    named metrics it returned (besides its value).
 
     Executors fill this in on the worker. A field left ``None`` is unknown (a worker that died
     cannot say when it started), except ``finished``, which defaults to the time of recording.
@@ -171,6 +180,7 @@ class Execution:
     host: str | None = None
     worker_pid: int | None = None
     intermediate: tuple[tuple[float, float], ...] = ()
+    metrics: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -358,10 +368,7 @@ class StudyStore:
                 "this medtune reads: upgrade medtune to open it"
             )
         if version < SCHEMA_VERSION:
-            raise NotAStudyError(
-                f"{self.path} has study schema version {version}, older than {SCHEMA_VERSION}, "
-                "and this medtune has no migration for it"
-            )
+            version = self._migrate(version)
         return StudyInfo(
             name=rows["name"],
             direction=rows["direction"],
@@ -371,6 +378,24 @@ class StudyStore:
             schema_version=version,
             medtune_version=rows.get("medtune_version", ""),
         )
+
+    def _migrate(self, version: int) -> int:
+        """Bring a file of an older schema ``version`` up to :data:`SCHEMA_VERSION` in one
+        transaction (the file is unchanged if any step fails); returns the new version."""
+        if version not in _MIGRATIONS:
+            raise NotAStudyError(
+                f"{self.path} has study schema version {version}, older than {SCHEMA_VERSION}, "
+                "and this medtune has no migration for it"
+            )
+
+        def body(connection: sqlite3.Connection) -> None:
+            for step in range(version, SCHEMA_VERSION):
+                connection.execute(_MIGRATIONS[step])
+            connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                               (str(SCHEMA_VERSION),))
+
+        self._write(body)
+        return SCHEMA_VERSION
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -521,6 +546,8 @@ class StudyStore:
         run = execution or Execution()
         finished = run.finished or utc_now()
         steps = [(float(step), _finite_or_none(v)) for step, v in run.intermediate]
+        metrics = json.dumps({str(k): _finite_or_none(v) for k, v in run.metrics.items()},
+                             sort_keys=True)
 
         def body(connection: sqlite3.Connection) -> None:
             self._require_running(connection, trial_id)
@@ -530,13 +557,13 @@ class StudyStore:
             connection.execute(
                 "UPDATE trials SET state = ?, value = ?, failure_reason = ?, traceback = ?,"
                 " started = COALESCE(?, started), finished = ?, duration = ?, host = ?,"
-                " worker_pid = ?, completion_order = ?, told_value = ?, told_failed = ?"
-                " WHERE id = ?",
+                " worker_pid = ?, completion_order = ?, told_value = ?, told_failed = ?,"
+                " metrics = ? WHERE id = ?",
                 (state.value, _finite_or_none(value), reason.value if reason else None,
                  traceback, run.started.isoformat() if run.started else None,
                  finished.isoformat(), run.duration, run.host, run.worker_pid, order,
                  _finite_or_none(told_value), None if told_failed is None else int(told_failed),
-                 trial_id),
+                 metrics, trial_id),
             )
             connection.executemany(
                 "INSERT OR REPLACE INTO intermediate_values (trial_id, step, value)"
@@ -615,7 +642,7 @@ class StudyStore:
         columns = (
             "id, suggestion_id, config, resource, tag, seed, state, value, failure_reason,"
             " traceback, started, finished, duration, host, worker_pid, completion_order,"
-            " asked_after, requeued_from, told_value, told_failed"
+            " asked_after, requeued_from, told_value, told_failed, metrics"
         )
         if "ORDER BY" not in where:
             where = f"{where} ORDER BY id"
@@ -703,7 +730,7 @@ def _finite_or_none(value: float | None) -> float | None:
 def _trial_from_row(row: tuple, intermediate: dict[float, float]) -> Trial:
     (trial_id, suggestion_id, config, resource, tag, seed, state, value, reason, traceback,
      started, finished, duration, host, worker_pid, completion_order, asked_after,
-     requeued_from, told_value, told_failed) = row
+     requeued_from, told_value, told_failed, metrics) = row
     return Trial(
         id=trial_id,
         suggestion_id=suggestion_id,
@@ -726,4 +753,5 @@ def _trial_from_row(row: tuple, intermediate: dict[float, float]) -> Trial:
         told_value=told_value,
         told_failed=None if told_failed is None else bool(told_failed),
         intermediate=intermediate,
+        metrics={k: math.nan if v is None else v for k, v in json.loads(metrics).items()},
     )

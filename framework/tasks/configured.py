@@ -18,7 +18,7 @@ class ConfiguredObjective:
     settings: Mapping[str, Any] = field(default_factory=dict)
 
     def __call__(self, config: Mapping[str, Any], resource: float | None, seed: int,
-                 report: Callable[[float, float], None] | None = None) -> float:
+                 report: Callable[[float, float], None] | None = None) -> float | Mapping[str, float]:
         from medtune.study.executors import resolve_objective
 
         return resolve_objective(self.reference)({**self.settings, **config}, resource, seed, report)

@@ -2,7 +2,9 @@
 
 Configurations come in nested-loop order, the first parameter varying slowest (see
 :meth:`medtune.search.SearchSpace.enumerate`). Floats are discretised into ``grid_points``
-evenly spaced values (geometrically for log-scale floats), bounds included.
+evenly spaced values (geometrically for log-scale floats), bounds included. With ``repeats``
+each configuration is proposed that many times in a row (each trial gets its own seed), so a
+study can report a mean and a spread per configuration, as the seeds' tables do.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ class GridSearcher(Searcher):
     Args:
         grid_points: values per float parameter, an integer or ``{name: count}``; required
             when the space has floats.
+        repeats: how many times each configuration is proposed (replicates with different
+            trial seeds); tagged ``replicate`` 0, 1, ...
         The other arguments are the :class:`Searcher` ones.
     """
 
@@ -31,9 +35,13 @@ class GridSearcher(Searcher):
         seed: int = 0,
         direction: str = "minimize",
         grid_points: int | Mapping[str, int] | None = None,
+        repeats: int = 1,
         **options: Any,
     ) -> None:
         super().__init__(space, seed=seed, direction=direction, **options)
+        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+            raise SearcherError(f"grid: repeats must be an integer >= 1, got {repeats!r}")
+        self.repeats = repeats
         floats = [p.name for p in self.space.parameters if isinstance(p, Float)]
         if floats:
             if grid_points is None:
@@ -45,16 +53,22 @@ class GridSearcher(Searcher):
             self.grid = self.space.discretize(grid_points)
         else:
             self.grid = self.space
-        self.total: int = self.grid.size()  # type: ignore[assignment]
+        self.total: int = self.grid.size() * repeats  # type: ignore[operator]
         self._configs: Iterator[dict[str, Any]] = self.grid.enumerate()
+        self._config: dict[str, Any] = {}
         self._position = 0
 
     def _propose(self) -> Proposal | None:
-        config = next(self._configs, None)
-        if config is None:
+        if self._position >= self.total:
             return None
+        index, replicate = divmod(self._position, self.repeats)
+        if replicate == 0:
+            self._config = next(self._configs)
         self._position += 1
-        return Proposal(config, tag={"grid_index": self._position - 1})
+        tag: dict[str, Any] = {"grid_index": index}
+        if self.repeats > 1:
+            tag["replicate"] = replicate
+        return Proposal(dict(self._config), tag=tag)
 
     def _exhausted(self) -> bool:
         return self._position >= self.total

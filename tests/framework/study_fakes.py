@@ -154,3 +154,15 @@ def torch_threads(config, resource, seed, report):
     import torch
 
     return float(torch.get_num_threads())
+
+
+def with_metrics(config, resource, seed, report):
+    """``{"value", "double", "seed_parity"}``: named metrics beside the value; a config with
+    ``"broken": "no_value"`` forgets ``"value"``, ``"text"`` returns a word as a metric."""
+    broken = config.get("broken")
+    if broken == "no_value":
+        return {"score": 1.0}
+    if broken == "text":
+        return {"value": 1.0, "label": "good"}
+    value = config["x"] ** 2
+    return {"value": value, "double": 2 * value, "seed_parity": float(seed % 2)}

@@ -47,12 +47,25 @@ def test_searcher_options_and_function_objective():
     ("[study]\nseed = 1\n", "missing key 'space'"),
     ("[space]\nlr = 3\n", "space.lr: expected a table"),
     ("[extras]\n" + MINIMAL, "unknown table(s) extras"),
+    ('[table]\nrows = ["lr"]\n' + MINIMAL, "table: missing key 'columns'"),
+    ('[table]\nrows = []\ncolumns = ["value"]\n' + MINIMAL, "table.rows: expected a non-empty list"),
+    ('[table]\nrows = ["width"]\ncolumns = ["value"]\n' + MINIMAL, "table.rows: 'width' not in the space"),
+    ('[table]\nrows = ["lr"]\ncolumns = [1]\n' + MINIMAL, "table.columns: expected a non-empty list of names"),
+    ('[table]\nrows = ["lr"]\ncolumns = ["value"]\nsort = 1\n' + MINIMAL, "table: unknown key(s) sort"),
 ])
 def test_errors_name_the_file_and_key(text, message):
     with pytest.raises(ConfigError) as err:
         parse_config(text, "exp.toml")
     assert message in str(err.value)
     assert str(err.value).startswith("exp.toml")
+
+
+def test_results_table():
+    config = parse_config('[table]\nrows = ["lr"]\ncolumns = ["value", "dice_child"]\n' + MINIMAL,
+                          "exp.toml")
+    assert config.table.rows == ("lr",) and config.table.columns == ("value", "dice_child")
+    assert config.table.title == "exp: mean ± std by lr"
+    assert parse_config(MINIMAL).table is None
 
 
 def test_unreadable_file(tmp_path):

@@ -73,7 +73,7 @@ def test_values_that_are_not_a_finite_metric_fail(returned, reason):
     result = run_trial(lambda config, resource, seed, report: returned, _task(0))
     assert result.state is TrialState.FAIL and result.failure_reason is reason
     if reason is FailureReason.EXCEPTION:
-        assert "it must return the metric as one number" in result.traceback
+        assert "it must be one number" in result.traceback
 
 
 def test_numpy_and_torch_scalars_are_accepted():

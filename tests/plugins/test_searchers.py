@@ -109,6 +109,22 @@ def test_grid_is_complete_and_in_order() -> None:
     assert [s.tag["grid_index"] for s, _ in history] == list(range(len(history)))
 
 
+def test_grid_repeats_each_configuration_in_a_row() -> None:
+    space = SearchSpace([Categorical("method", ["a", "b"]), Ordinal("width", [4, 8])])
+    searcher = medtune.create("searcher", "grid", space=space, repeats=3)
+    history = drive(searcher, lambda c: 0.0)
+    assert len(history) == searcher.total == 12
+    keys = [space.key(s.config) for s, _ in history]
+    expected = [space.key(c) for c in space.enumerate() for _ in range(3)]
+    assert keys == expected
+    assert [s.tag["replicate"] for s, _ in history] == [0, 1, 2] * 4
+    assert [s.tag["grid_index"] for s, _ in history] == [i for i in range(4) for _ in range(3)]
+    assert searcher.finished and searcher.ask() is None
+    for bad in (0, 1.5, True):
+        with pytest.raises(SearcherError, match="repeats must be an integer >= 1"):
+            medtune.create("searcher", "grid", space=space, repeats=bad)
+
+
 def test_random_never_repeats_and_finishes_on_a_finite_space() -> None:
     searcher = medtune.create("searcher", "random", space=GRID_2D, seed=3)
     history = drive(searcher, bowl)

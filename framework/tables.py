@@ -1,0 +1,102 @@
+"""Results tables shaped like a paper's: completed trials grouped by configuration keys, each
+metric as mean ± standard deviation over the group (the replicates of a configuration).
+
+A study's ``[table]`` (see :mod:`medtune.config`) names the grouping keys and the columns;
+``medtune run`` prints the table at the end and the HTML report shows it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from medtune.config import ConfigError, TableSpec, parse_config
+from medtune.study.store import StudyStore, Trial, TrialState
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One metric of one row: the mean and sample standard deviation of ``count`` values."""
+
+    mean: float
+    std: float
+    count: int
+
+    def text(self) -> str:
+        """``mean ± std`` with decimals suited to the magnitude (``mean`` alone for one value)."""
+        if self.count == 0:
+            return "-"
+        decimals = 0 if abs(self.mean) >= 1000 else 1 if abs(self.mean) >= 10 else 3
+        mean = f"{self.mean:,.{decimals}f}"
+        return mean if self.count == 1 else f"{mean} ± {self.std:,.{decimals}f}"
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """A group of trials sharing the row keys' values."""
+
+    labels: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    trials: int
+
+
+@dataclass(frozen=True)
+class ResultTable:
+    """What :func:`summarise` returns; ``header`` is the row keys, the columns, then ``n``."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[ResultRow, ...]
+
+    def text_rows(self) -> list[list[str]]:
+        """Every row as the strings a table shows, in :attr:`header` order."""
+        return [[*row.labels, *(cell.text() for cell in row.cells), str(row.trials)]
+                for row in self.rows]
+
+
+def summarise(trials: Iterable[Trial], spec: TableSpec) -> ResultTable:
+    """Group the COMPLETE ``trials`` by ``spec.rows`` (in the order groups first appear) and
+    average each of ``spec.columns``: ``"value"`` is the objective's value, any other name a
+    metric the objective returned. A metric a group never reported shows as ``-``."""
+    groups: dict[tuple[str, ...], list[Trial]] = {}
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            labels = tuple(_label(trial.config.get(key)) for key in spec.rows)
+            groups.setdefault(labels, []).append(trial)
+    rows = []
+    for labels, members in groups.items():
+        cells = tuple(_cell([_metric(t, column) for t in members]) for column in spec.columns)
+        rows.append(ResultRow(labels, cells, len(members)))
+    return ResultTable(spec.title, (*spec.rows, *spec.columns, "n"), tuple(rows))
+
+
+def study_table(store: StudyStore) -> ResultTable | None:
+    """The table the study's stored configuration asks for, or None when it has no
+    ``[table]`` (or was not created from a configuration)."""
+    if not store.config_text.strip():
+        return None
+    try:
+        spec = parse_config(store.config_text, f"{store.path} (stored configuration)").table
+    except ConfigError:
+        return None
+    return summarise(store.trials(), spec) if spec is not None else None
+
+
+def _metric(trial: Trial, name: str) -> float | None:
+    value = trial.value if name == "value" else trial.metrics.get(name)
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _cell(values: list[float | None]) -> Cell:
+    present = [v for v in values if v is not None]
+    if not present:
+        return Cell(math.nan, math.nan, 0)
+    std = statistics.stdev(present) if len(present) > 1 else 0.0
+    return Cell(statistics.fmean(present), std, len(present))
+
+
+def _label(value: Any) -> str:
+    return "-" if value is None else str(value)
