@@ -1,5 +1,7 @@
 // warp3d: trilinear (or nearest) resampling of a volume through voxel-space maps, forward and
-// backward, one output voxel at a time, never materialising a sampling grid.
+// backward, never materialising a sampling grid. Trilinear mode runs blocks of output voxels
+// along x through vectorised loops (gathers with int32 offsets); nearest mode, and volumes of
+// 2^31 voxels or more, run one voxel at a time.
 //
 // Layout: volume [N, C, D, H, W] and displacement [N, K, d, h, w] contiguous, in one dtype with
 // the maps Mv, Mu [N, 3, 4] and B [N, 3, K]. The volume voxel sampled for output voxel
@@ -300,6 +302,306 @@ void backward_chunk(const Problem<T>& p, int64_t n, int64_t begin, int64_t end, 
   for (int64_t j = 0; j < kSlots; ++j) sums[j] += acc[j];
 }
 
+// ---- linear mode, a block of consecutive output voxels along x at a time -------------------
+//
+// The per-voxel code above branches on every axis of every point; here each step is a plain
+// loop over the block (coordinates, taps, gathers, blends) that the compiler vectorises, and
+// only the gradient scatters stay scalar. Offsets are int32: used when every plane has fewer
+// than 2^31 voxels (the per-voxel code serves the rest).
+
+constexpr int kBlock = 64;
+
+// One axis of a block of sampling coordinates: lower index clamped into range, step to the
+// upper one (0 or 1), fraction, whether each tap lies inside (1/0) and the slope (0 where
+// border padding clipped the coordinate), as make_axis computes them for one point.
+template <typename T>
+struct AxisBlock {
+  int32_t i0[kBlock], step[kBlock];
+  T f[kBlock], ok0[kBlock], ok1[kBlock], slope[kBlock];
+};
+
+template <bool BORDER, typename T>
+WARP3D_INLINE void axis_block(const T* __restrict coords, int count, int64_t size,
+                              AxisBlock<T>& __restrict a) {
+  const T hi = T(size - 1), top = T(size + 1);
+  const int32_t last = int32_t(size - 1);
+#pragma omp simd
+  for (int j = 0; j < count; ++j) {
+    T v = coords[j];
+    T slope = T(1);
+    if constexpr (BORDER) {
+      const bool inside = (v > T(0)) & (v < hi);
+      const T edge = v > T(0) ? hi : T(0);
+      slope = inside ? T(1) : T(0);
+      v = inside ? v : edge;
+    }
+    v = v > T(-2) ? v : T(-2);  // far outside (or NaN): every tap is out of range
+    v = v < top ? v : top;
+    const T lo = std::floor(v);
+    const int32_t i = int32_t(lo), i1 = i + 1;
+    const int32_t c0 = i < 0 ? 0 : (i > last ? last : i);
+    const int32_t c1 = i1 < 0 ? 0 : (i1 > last ? last : i1);
+    a.i0[j] = c0;
+    a.step[j] = c1 - c0;
+    a.f[j] = v - lo;
+    a.ok0[j] = ((i >= 0) & (i <= last)) ? T(1) : T(0);
+    a.ok1[j] = ((i1 >= 0) & (i1 <= last)) ? T(1) : T(0);
+    a.slope[j] = slope;
+  }
+}
+
+// Taps of a block in a [D, H, W] plane: offset of the lower corner and the steps to the others.
+template <typename T>
+struct TapBlock {
+  AxisBlock<T> x, y, z;
+  int32_t base[kBlock], sx[kBlock], sy[kBlock], sz[kBlock];
+};
+
+template <typename T>
+WARP3D_INLINE void tap_block(T* const* coords, int count, int64_t D, int64_t H, int64_t W,
+                             bool border, TapBlock<T>& t) {
+  if (border) {
+    axis_block<true>(coords[0], count, W, t.x);
+    axis_block<true>(coords[1], count, H, t.y);
+    axis_block<true>(coords[2], count, D, t.z);
+  } else {
+    axis_block<false>(coords[0], count, W, t.x);
+    axis_block<false>(coords[1], count, H, t.y);
+    axis_block<false>(coords[2], count, D, t.z);
+  }
+  const int32_t w = int32_t(W), h = int32_t(H), hw = int32_t(H * W);
+#pragma omp simd
+  for (int j = 0; j < count; ++j) {
+    t.base[j] = (t.z.i0[j] * h + t.y.i0[j]) * w + t.x.i0[j];
+    t.sx[j] = t.x.step[j];
+    t.sy[j] = t.y.step[j] * w;
+    t.sz[j] = t.z.step[j] * hw;
+  }
+}
+
+// Trilinear interpolation of a block of points in one plane, and with DERIV its derivatives
+// wrt the point's x, y, z; corners outside count as zero when ZEROS (zeros padding), and every
+// corner is inside with border padding. Values are read by int32 offsets (gathers).
+template <bool ZEROS, bool DERIV, typename T>
+WARP3D_INLINE void sample_block(const T* __restrict plane, const TapBlock<T>& t, int count,
+                                T* __restrict value, T* __restrict dx, T* __restrict dy,
+                                T* __restrict dz) {
+#pragma omp simd
+  for (int j = 0; j < count; ++j) {
+    const int32_t o = t.base[j], sx = t.sx[j], sy = t.sy[j], sz = t.sz[j];
+    T v0 = plane[o], v1 = plane[o + sx], v2 = plane[o + sy], v3 = plane[o + sy + sx];
+    T v4 = plane[o + sz], v5 = plane[o + sz + sx], v6 = plane[o + sz + sy];
+    T v7 = plane[o + sz + sy + sx];
+    if constexpr (ZEROS) {
+      const T x0 = t.x.ok0[j], x1 = t.x.ok1[j], y0 = t.y.ok0[j], y1 = t.y.ok1[j];
+      const T z0 = t.z.ok0[j], z1 = t.z.ok1[j];
+      v0 = z0 * y0 * x0 != T(0) ? v0 : T(0), v1 = z0 * y0 * x1 != T(0) ? v1 : T(0);
+      v2 = z0 * y1 * x0 != T(0) ? v2 : T(0), v3 = z0 * y1 * x1 != T(0) ? v3 : T(0);
+      v4 = z1 * y0 * x0 != T(0) ? v4 : T(0), v5 = z1 * y0 * x1 != T(0) ? v5 : T(0);
+      v6 = z1 * y1 * x0 != T(0) ? v6 : T(0), v7 = z1 * y1 * x1 != T(0) ? v7 : T(0);
+    }
+    const T fx = t.x.f[j], fy = t.y.f[j], fz = t.z.f[j];
+    const T ex0 = v1 - v0, ex1 = v3 - v2, ex2 = v5 - v4, ex3 = v7 - v6;
+    const T a0 = v0 + fx * ex0, a1 = v2 + fx * ex1, a2 = v4 + fx * ex2, a3 = v6 + fx * ex3;
+    const T b0 = a0 + fy * (a1 - a0), b1 = a2 + fy * (a3 - a2);
+    value[j] = b0 + fz * (b1 - b0);
+    if constexpr (DERIV) {  // as derivatives() above
+      const T ey0 = ex0 + fy * (ex1 - ex0), ey1 = ex2 + fy * (ex3 - ex2);
+      dx[j] = ey0 + fz * (ey1 - ey0);
+      dy[j] = (a1 - a0) + fz * ((a3 - a2) - (a1 - a0));
+      dz[j] = b1 - b0;
+    }
+  }
+}
+
+template <bool DERIV, typename T>
+WARP3D_INLINE void sample_block(const T* plane, const TapBlock<T>& t, int count, bool border,
+                                T* value, T* dx = nullptr, T* dy = nullptr, T* dz = nullptr) {
+  if (border) {
+    sample_block<false, DERIV>(plane, t, count, value, dx, dy, dz);
+  } else {
+    sample_block<true, DERIV>(plane, t, count, value, dx, dy, dz);
+  }
+}
+
+// Adds g times the weight of each corner of point j (corners outside have weight zero).
+template <bool ATOMIC, typename T>
+WARP3D_INLINE void scatter(T* plane, const TapBlock<T>& t, int j, T g) {
+  if (g == T(0)) return;
+  const T fx = t.x.f[j], fy = t.y.f[j], fz = t.z.f[j];
+  const T wx[2] = {(T(1) - fx) * t.x.ok0[j], fx * t.x.ok1[j]};
+  const T wy[2] = {(T(1) - fy) * t.y.ok0[j], fy * t.y.ok1[j]};
+  const T wz[2] = {(T(1) - fz) * t.z.ok0[j], fz * t.z.ok1[j]};
+  const int32_t sx = t.sx[j], sy = t.sy[j], sz = t.sz[j];
+  T* p = plane + t.base[j];
+  for (int c = 0; c < 8; ++c) {
+    const T w = wz[c >> 2] * wy[(c >> 1) & 1] * wx[c & 1];
+    if (w != T(0)) add<ATOMIC>(p + ((c >> 2) * sz + ((c >> 1) & 1) * sy + (c & 1) * sx), g * w);
+  }
+}
+
+// A block of `count` output voxels starting at (x0, y, z) of sample n: where they sample the
+// displacement (taps `ut`, values u, and with DERIV the derivatives du [k][axis]) and the
+// volume (taps `vt`), as locate() computes them for one voxel.
+template <typename T, bool DERIV>
+struct Block {
+  int count;
+  T x[kBlock], y, z;
+  T pu[3][kBlock], pv[3][kBlock];
+  T u[3][kBlock];
+  T du[3][3][kBlock];
+  TapBlock<T> ut, vt;
+};
+
+template <typename T, bool DERIV>
+WARP3D_INLINE void locate_block(const Problem<T>& p, int64_t n, int64_t x0, int64_t y, int64_t z,
+                                Block<T, DERIV>& q) {
+  const int count = q.count;
+  q.y = T(y), q.z = T(z);
+#pragma omp simd
+  for (int j = 0; j < count; ++j) q.x[j] = T(x0 + j);
+  for (int r = 0; r < 3; ++r) {
+    const T row = p.mv[r * 4 + 1] * q.y + p.mv[r * 4 + 2] * q.z + p.mv[r * 4 + 3];
+    const T slope = p.mv[r * 4];
+#pragma omp simd
+    for (int j = 0; j < count; ++j) q.pv[r][j] = slope * q.x[j] + row;
+  }
+  if (p.disp != nullptr) {
+    for (int r = 0; r < 3; ++r) {
+      const T row = p.mu[r * 4 + 1] * q.y + p.mu[r * 4 + 2] * q.z + p.mu[r * 4 + 3];
+      const T slope = p.mu[r * 4];
+#pragma omp simd
+      for (int j = 0; j < count; ++j) q.pu[r][j] = slope * q.x[j] + row;
+    }
+    T* ucoords[3] = {q.pu[0], q.pu[1], q.pu[2]};
+    tap_block(ucoords, count, p.d, p.h, p.w, /*border=*/true, q.ut);
+    const int64_t uplane = p.d * p.h * p.w;
+    for (int64_t k = 0; k < p.K; ++k) {
+      sample_block<DERIV>(p.disp + (n * p.K + k) * uplane, q.ut, count, /*border=*/true, q.u[k],
+                          q.du[k][0], q.du[k][1], q.du[k][2]);
+    }
+    for (int r = 0; r < 3; ++r) {
+      for (int64_t k = 0; k < p.K; ++k) {
+        const T b = p.b[r * p.K + k];
+#pragma omp simd
+        for (int j = 0; j < count; ++j) q.pv[r][j] += b * q.u[k][j];
+      }
+    }
+  }
+  T* vcoords[3] = {q.pv[0], q.pv[1], q.pv[2]};
+  tap_block(vcoords, count, p.D, p.H, p.W, p.border, q.vt);
+}
+
+// Calls body(x0, y, z, count, s) for the blocks of output voxels [begin, end): runs along x,
+// split at row ends and every kBlock voxels; s is the flat index of the first voxel.
+template <typename Body>
+WARP3D_INLINE void for_each_block(int64_t begin, int64_t end, int64_t oH, int64_t oW,
+                                  const Body& body) {
+  int64_t s = begin;
+  while (s < end) {
+    const int64_t x0 = s % oW, row = s / oW;
+    const int count = int(std::min<int64_t>({kBlock, oW - x0, end - s}));
+    body(x0, row % oH, row / oH, count, s);
+    s += count;
+  }
+}
+
+template <typename T>
+void forward_blocks(const Problem<T>& p, int64_t n, int64_t begin, int64_t end, T* out) {
+  const int64_t S = p.oD * p.oH * p.oW, plane = p.D * p.H * p.W;
+  Block<T, false> q;
+  for_each_block(begin, end, p.oH, p.oW, [&](int64_t x0, int64_t y, int64_t z, int count,
+                                             int64_t s) {
+    q.count = count;
+    locate_block(p, n, x0, y, z, q);
+    for (int64_t c = 0; c < p.C; ++c) {
+      sample_block<false>(p.vol + (n * p.C + c) * plane, q.vt, count, p.border,
+                          out + (n * p.C + c) * S + s);
+    }
+  });
+}
+
+// Adds to acc[0..3] the sums of g·x, g·y, g·z and g over the block (one row of a map's grad).
+template <typename T>
+WARP3D_INLINE void add_row_sums(const T* g, const T* x, T y, T z, int count, double* acc) {
+  T along = 0, total = 0;
+#pragma omp simd reduction(+ : along, total)
+  for (int j = 0; j < count; ++j) along += g[j] * x[j], total += g[j];
+  acc[0] += double(along), acc[1] += double(total) * double(y);
+  acc[2] += double(total) * double(z), acc[3] += double(total);
+}
+
+template <bool ATOMIC, typename T>
+void backward_blocks(const Problem<T>& p, int64_t n, int64_t begin, int64_t end, const T* gout,
+                     T* gvol, T* gdisp, bool need_volume, bool need_transform, double* sums) {
+  double acc[kSlots] = {};
+  const int64_t S = p.oD * p.oH * p.oW, plane = p.D * p.H * p.W;
+  const int64_t uplane = p.d * p.h * p.w;
+  Block<T, true> q;
+  T gpv[3][kBlock], gu[kBlock], gpu[3][kBlock], d[3][kBlock], scratch[kBlock];
+  for_each_block(begin, end, p.oH, p.oW, [&](int64_t x0, int64_t y, int64_t z, int count,
+                                             int64_t s) {
+    q.count = count;
+    locate_block(p, n, x0, y, z, q);
+    for (int r = 0; r < 3; ++r) std::fill_n(gpv[r], count, T(0));
+    for (int64_t c = 0; c < p.C; ++c) {
+      const T* g = gout + (n * p.C + c) * S + s;
+      if (need_volume) {
+        T* gp = gvol + (n * p.C + c) * plane;
+        for (int j = 0; j < count; ++j) scatter<ATOMIC>(gp, q.vt, j, g[j]);
+      }
+      if (!need_transform) continue;
+      sample_block<true>(p.vol + (n * p.C + c) * plane, q.vt, count, p.border, scratch, d[0],
+                         d[1], d[2]);
+#pragma omp simd
+      for (int j = 0; j < count; ++j) {
+        gpv[0][j] += g[j] * d[0][j], gpv[1][j] += g[j] * d[1][j], gpv[2][j] += g[j] * d[2][j];
+      }
+    }
+    if (!need_transform) return;
+    const T* slopes[3] = {q.vt.x.slope, q.vt.y.slope, q.vt.z.slope};
+    for (int r = 0; r < 3; ++r) {
+#pragma omp simd
+      for (int j = 0; j < count; ++j) gpv[r][j] *= slopes[r][j];
+      add_row_sums(gpv[r], q.x, q.y, q.z, count, acc + r * 4);
+    }
+    if (p.disp == nullptr) return;
+    for (int r = 0; r < 3; ++r) std::fill_n(gpu[r], count, T(0));
+    for (int64_t k = 0; k < p.K; ++k) {
+      for (int r = 0; r < 3; ++r) {
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < count; ++j) sum += gpv[r][j] * q.u[k][j];
+        acc[24 + r * p.K + k] += double(sum);
+      }
+      const T b0 = p.b[k], b1 = p.b[p.K + k], b2 = p.b[2 * p.K + k];
+#pragma omp simd
+      for (int j = 0; j < count; ++j) {
+        gu[j] = b0 * gpv[0][j] + b1 * gpv[1][j] + b2 * gpv[2][j];
+        gpu[0][j] += gu[j] * q.du[k][0][j];
+        gpu[1][j] += gu[j] * q.du[k][1][j];
+        gpu[2][j] += gu[j] * q.du[k][2][j];
+      }
+      T* gp = gdisp + (n * p.K + k) * uplane;
+      for (int j = 0; j < count; ++j) scatter<ATOMIC>(gp, q.ut, j, gu[j]);
+    }
+    const T* uslopes[3] = {q.ut.x.slope, q.ut.y.slope, q.ut.z.slope};
+    for (int r = 0; r < 3; ++r) {
+#pragma omp simd
+      for (int j = 0; j < count; ++j) gpu[r][j] *= uslopes[r][j];
+      add_row_sums(gpu[r], q.x, q.y, q.z, count, acc + 12 + r * 4);
+    }
+  });
+  for (int64_t j = 0; j < kSlots; ++j) sums[j] += acc[j];
+}
+
+// Whether the block code's int32 offsets cover every plane of the problem.
+template <typename T>
+bool fits_int32(const Problem<T>& p) {
+  constexpr int64_t limit = int64_t(1) << 31;
+  return p.D * p.H * p.W < limit && (p.disp == nullptr || p.d * p.h * p.w < limit);
+}
+
 void check_inputs(const at::Tensor& volume, const c10::optional<at::Tensor>& displacement,
                   const at::Tensor& mv, const c10::optional<at::Tensor>& mu,
                   const c10::optional<at::Tensor>& b, at::IntArrayRef size) {
@@ -348,6 +650,8 @@ at::Tensor warp3d_forward(const at::Tensor& volume, const c10::optional<at::Tens
     for_each_chunk(N, S, [&](int64_t n, int64_t, int64_t begin, int64_t end) {
       if (nearest) {
         forward_chunk<true>(problems[n], n, begin, end, o);
+      } else if (fits_int32(problems[n])) {
+        forward_blocks(problems[n], n, begin, end, o);
       } else {
         forward_chunk<false>(problems[n], n, begin, end, o);
       }
@@ -395,6 +699,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> warp3d_backward(
       if (nearest) {
         backward_chunk<kAtomic, true>(problems[n], n, begin, end, g, gv, gu, need_volume,
                                       need_transform, sums);
+      } else if (fits_int32(problems[n])) {
+        backward_blocks<kAtomic>(problems[n], n, begin, end, g, gv, gu, need_volume,
+                                 need_transform, sums);
       } else {
         backward_chunk<kAtomic, false>(problems[n], n, begin, end, g, gv, gu, need_volume,
                                        need_transform, sums);
