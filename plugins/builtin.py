@@ -18,7 +18,8 @@ def medtune_losses() -> Mapping[str, Callable[..., Any]]:
 
 @hookimpl
 def medtune_datasets() -> Mapping[str, Callable[..., Any]]:
-    """The built-in datasets, generated from a seed: small_lesion and organ_phantom."""
+    """The built-in datasets: small_lesion, organ_phantom and ring_phantom, generated from a
+    seed, and folder, the user's own NIfTI/DICOM images with label maps."""
     from medtune.plugins.datasets import DATASETS
 
     return dict(DATASETS)
@@ -31,3 +32,13 @@ def medtune_searchers() -> Mapping[str, Callable[..., Any]]:
     from medtune.plugins.searchers import SEARCHERS
 
     return dict(SEARCHERS)
+
+
+@hookimpl
+def medtune_metrics() -> Mapping[str, Callable[..., Any]]:
+    """The built-in metrics: dice, iou, precision, recall, accuracy, surface_dice, hausdorff95,
+    boundary_f1, mae, rmse, pearson, spearman and aufroc."""
+    from medtune.plugins.metrics import METRICS
+
+    return dict(METRICS)
+

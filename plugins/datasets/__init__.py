@@ -1,9 +1,26 @@
-"""Built-in datasets, generated on the fly from a seed (nothing is downloaded)."""
+"""Built-in datasets, generated on the fly from a seed (nothing is downloaded), and ``folder``
+for the user's own images."""
 
+from medtune.plugins.datasets.folder import FolderDataset
 from medtune.plugins.datasets.organ_phantom import Organ, OrganPhantom
+from medtune.plugins.datasets.ring_phantom import Ring, RingPhantom
 from medtune.plugins.datasets.small_lesion import Lesion, SmallLesionPhantom
 
 #: ``{name: factory}`` as registered under the ``dataset`` kind by the built-in plugin.
-DATASETS = {"small_lesion": SmallLesionPhantom, "organ_phantom": OrganPhantom}
+DATASETS = {
+    "small_lesion": SmallLesionPhantom,
+    "organ_phantom": OrganPhantom,
+    "ring_phantom": RingPhantom,
+    "folder": FolderDataset,
+}
 
-__all__ = ["DATASETS", "Lesion", "Organ", "OrganPhantom", "SmallLesionPhantom"]
+__all__ = [
+    "DATASETS",
+    "FolderDataset",
+    "Lesion",
+    "Organ",
+    "OrganPhantom",
+    "Ring",
+    "RingPhantom",
+    "SmallLesionPhantom",
+]
