@@ -29,6 +29,6 @@ packages, package_dir = _packages()
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"medtune.csrc": ["*.cpp", "*.h"]},
+    package_data={"medtune.csrc": ["*.cpp", "*.h"], "medtune": ["demo.toml"]},
     include_package_data=False,
 )

@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the study a TOML configuration describes")
-    run.add_argument("config", help="study configuration (TOML), e.g. examples/search_small_lesions.toml")
+    run.add_argument("config", nargs="?", default=None,
+                     help="study configuration (TOML), e.g. examples/glf_small_lesions.toml; "
+                          "without one, the built-in demo study")
     for name, text in (("resume", "continue a study whose driver stopped or was killed"),
                        ("status", "trial counts by state and the best trial of a study"),
                        ("report", "write a study's HTML report with plots")):

@@ -11,6 +11,11 @@ parameter), two more plots: the prediction made before each trial with its 95 % 
 the observed value (seed 004 Fig. 2.9), with the fraction of observed values inside the band,
 and each parameter's relevance (the GP's inverse length-scale). Studies without model tags get
 neither.
+
+For trials that return metrics beside their value (see :mod:`medtune.study.executors`): the
+lesion Dice per size bin of the best trial of each loss (seed 002 Fig. 4), when trials report
+``lesion_dice_<bin>``, and the series (per-step trajectories such as the adaptive GLF
+coefficients, seed 002 Fig. 6) of the best trial that reports any.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.study.store import StudyStore, Trial, TrialState
+from medtune.tasks.segmentation import LESION_BINS
 from medtune.tables import ResultTable, study_table
 
 #: The model plot appears once at least this many finished trials carry a model prediction.
@@ -225,6 +231,65 @@ def _plot(store: StudyStore, trials: list[Trial], folder: Path) -> list[str]:
     return names
 
 
+def _ranked(trials: Sequence[Trial], direction: str) -> list[Trial]:
+    """COMPLETE trials, best first; among equal budgets by value, larger budgets first (a
+    configuration trained longer says more than its early stop)."""
+    sign = -1.0 if direction == "maximize" else 1.0
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and _finite(t.value)]
+    return sorted(complete, key=lambda t: (-(t.resource or 0.0), sign * t.value))
+
+
+def _plot_metrics(store: StudyStore, trials: list[Trial], folder: Path) -> list[tuple[str, str]]:
+    """Plots of the metrics trials returned: lesion Dice by size per loss, and the series of
+    the best trial that has any. ``(file, caption)`` for each plot written."""
+    plt = _pyplot()
+    ranked = _ranked(trials, store.direction)
+    figures = []
+    bins = [name for name, _, _ in LESION_BINS]
+    by_loss: dict[str, Trial] = {}
+    for trial in ranked:
+        if any(f"lesion_dice_{b}" in trial.metrics for b in bins):
+            by_loss.setdefault(str(trial.config.get("loss", "all trials")), trial)
+    if by_loss:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        width = 0.8 / len(by_loss)
+        for k, (loss, trial) in enumerate(sorted(by_loss.items())):
+            heights = [trial.metrics.get(f"lesion_dice_{b}", math.nan) for b in bins]
+            ax.bar([i + k * width for i in range(len(bins))], heights, width,
+                   label=f"{loss} (trial {trial.id})")
+        labels = [f"{name}\n{low}-{high} px" if high else f"{name}\n≥ {low} px"
+                  for name, low, high in LESION_BINS]
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(bins))], labels)
+        ax.set_ylabel("mean lesion Dice")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+        ax.set_title("lesion Dice by size: best trial of each loss")
+        fig.tight_layout()
+        fig.savefig(folder / "lesion_sizes.png", dpi=100)
+        plt.close(fig)
+        figures.append(("lesion_sizes.png", "Lesion Dice by lesion size, best trial of each loss "
+                        "(at its largest budget)"))
+    with_series = next((t for t in ranked if any(isinstance(v, list) for v in t.metrics.values())),
+                       None)
+    if with_series is not None:
+        series = {k: v for k, v in sorted(with_series.metrics.items()) if isinstance(v, list)}
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for name, values in series.items():
+            ax.plot(range(1, len(values) + 1), values, label=name)
+        if all(v > 0 for values in series.values() for v in values if _finite(v)):
+            ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.legend(fontsize=8)
+        ax.set_title(f"trajectories of trial {with_series.id} "
+                     f"({json.dumps(with_series.config, sort_keys=True)[:60]})", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(folder / "trajectories.png", dpi=100)
+        plt.close(fig)
+        figures.append(("trajectories.png", f"Per-step trajectories of trial {with_series.id}, "
+                        "the best trial that records any (e.g. adaptive GLF coefficients)"))
+    return figures
+
+
 def _plot_model(store: StudyStore, trials: list[Trial], folder: Path) -> list[tuple[str, str]]:
     """The model plots of a study whose searcher tagged its predictions: ``(file, caption)``
     for each plot written (none for a study without model tags)."""
@@ -336,6 +401,16 @@ def _parameter_panel(ax, name: str, points: list[tuple[object, float]],
     ax.set_xlabel(name)
 
 
+def _figures_html(title: str, figures: list[tuple[str, str]]) -> str:
+    if not figures:
+        return ""
+    return f"\n<h2>{title}</h2>" + "".join(
+        f'\n<figure><img src="{name}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for name, caption in figures
+    )
+
+
 def _results_html(table: ResultTable) -> str:
     head = "".join(f"<th>{html.escape(name)}</th>" for name in table.header)
     body = "\n".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
@@ -357,14 +432,8 @@ def write_report(study_path: str | Path, folder: str | Path | None = None) -> Pa
     try:
         trials = _finished(store)
         plots = _plot(store, trials, folder)
-        model_figures = _plot_model(store, trials, folder)
-        model_section = "".join(
-            f'\n<figure><img src="{name}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-            for name, caption in model_figures
-        )
-        if model_section:
-            model_section = "\n<h2>Model</h2>" + model_section
+        model_section = _figures_html("Model", _plot_model(store, trials, folder))
+        metrics_section = _figures_html("Metrics", _plot_metrics(store, trials, folder))
         results = study_table(store)
         results_section = _results_html(results) if results is not None else ""
         best = store.best_trial()
@@ -391,7 +460,7 @@ td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}}</style></head><bod
 <h1>Study {html.escape(store.name)}</h1>
 <p>Direction: {store.direction}. Trials: {html.escape(json.dumps(counts))}.</p>
 <p><b>Best:</b> {best_text}</p>{results_section}
-{''.join(f'<p><img src="{name}" alt="{name}"></p>' for name in plots)}{model_section}
+{''.join(f'<p><img src="{name}" alt="{name}"></p>' for name in plots)}{metrics_section}{model_section}
 <h2>Trials</h2>
 <table><tr><th>id</th><th>state</th><th>value</th><th>resource</th><th>seconds</th><th>config</th><th>metrics</th><th>failure</th></tr>
 {rows}

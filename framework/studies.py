@@ -18,6 +18,13 @@ from medtune.tables import study_table
 from medtune.tasks import ConfiguredObjective
 
 
+#: At most this many of the trials' own metrics become columns of the best-trials table.
+MAX_METRIC_COLUMNS = 5
+
+#: The built-in demo study ``medtune run`` runs without a configuration.
+DEMO_CONFIG = Path(__file__).with_name("demo.toml")
+
+
 def _searcher_factory(config: StudyConfig):
     where = f"{config.path or '<config>'}: space"
     space = SearchSpace.from_dict(config.space, where=where)
@@ -43,8 +50,14 @@ def _run_options(config: StudyConfig) -> dict:
     )
 
 
-def run(config_path: str | Path, console: Console) -> Path:
-    """Validate the config, create the study file, run the study, report. Returns the study."""
+def run(config_path: str | Path | None, console: Console) -> Path:
+    """Validate the config, create the study file, run the study, report. Returns the study.
+
+    Without a config, runs the built-in demo study (:data:`DEMO_CONFIG`).
+    """
+    if config_path is None:
+        config_path = DEMO_CONFIG
+        console.print(f"No configuration given: running the built-in demo study ({DEMO_CONFIG.name}).")
     config = load_config(config_path)
     build = _searcher_factory(config)
     if config.storage.exists():
@@ -106,13 +119,26 @@ def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
         maximize = store.direction == "maximize"
         finished.sort(key=lambda t: -t.value if maximize else t.value)
         table = Table(title=f"{store.name}: best trials ({store.direction})")
+        top = finished[:8]
         for column in ("trial", "value", "resource", "seconds", "configuration"):
             table.add_column(column)
-        for t in finished[:8]:
+        for t in top:
             table.add_row(str(t.id), f"{t.value:.4g}", "" if t.resource is None else f"{t.resource:g}",
                           "" if t.duration is None else f"{t.duration:.1f}",
                           json.dumps(t.config, sort_keys=True))
         console.print(table)
+        # the scalar metrics the trials returned beside their value, in first-seen order
+        metrics = list(dict.fromkeys(name for t in top for name, v in t.metrics.items()
+                                     if isinstance(v, (int, float))))[:MAX_METRIC_COLUMNS]
+        if metrics:
+            table = Table(title="their other metrics")
+            for column in ("trial", "value", *metrics):
+                table.add_column(column.replace("_", " "), justify="right")
+            for t in top:
+                table.add_row(str(t.id), f"{t.value:.4g}", *(
+                    f"{t.metrics[m]:.3g}" if isinstance(t.metrics.get(m), (int, float)) else ""
+                    for m in metrics))
+            console.print(table)
         results = study_table(store)
         if results is not None:
             summary_table = Table(title=results.title)

@@ -87,7 +87,7 @@ def study_table(store: StudyStore) -> ResultTable | None:
 
 def _metric(trial: Trial, name: str) -> float | None:
     value = trial.value if name == "value" else trial.metrics.get(name)
-    return value if value is not None and math.isfinite(value) else None
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def _cell(values: list[float | None]) -> Cell:

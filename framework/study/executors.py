@@ -160,7 +160,7 @@ def run_trial(objective: Objective, task: TrialTask) -> TrialResult:
     started = utc_now()
     clock = time.perf_counter()
     state, value, reason, trace = TrialState.COMPLETE, None, None, None
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | list[float]] = {}
     try:
         returned = objective(dict(task.config), task.resource, task.seed, report)
         value, metrics = _as_metrics(returned)
@@ -191,9 +191,10 @@ def run_trial(objective: Objective, task: TrialTask) -> TrialResult:
     return TrialResult(task.trial_id, state, value, reason, trace, execution)
 
 
-def _as_metrics(returned: Any) -> tuple[float, dict[str, float]]:
+def _as_metrics(returned: Any) -> tuple[float, dict[str, float | list[float]]]:
     """The objective's value and further named metrics: it returns one number, or a mapping
-    with the value under ``"value"`` and other numbers under their names."""
+    with the value under ``"value"`` and other numbers (or sequences of numbers: a series such
+    as a coefficient's trajectory) under their names."""
     if isinstance(returned, Mapping):
         if "value" not in returned:
             raise TypeError(
@@ -201,9 +202,21 @@ def _as_metrics(returned: Any) -> tuple[float, dict[str, float]]:
                 f"{', '.join(map(repr, returned))}); put the metric the study optimises under "
                 "'value'"
             )
-        metrics = {str(name): _as_number(v, f"metric {name!r}") for name, v in returned.items()}
-        return metrics.pop("value"), metrics
+        metrics = {str(name): _as_series(v, f"metric {name!r}") if _is_sequence(v)
+                   else _as_number(v, f"metric {name!r}") for name, v in returned.items()}
+        value = metrics.pop("value")
+        if isinstance(value, list):
+            raise TypeError("the objective's 'value' is a sequence; it must be one number")
+        return value, metrics
     return _as_number(returned, "value"), {}
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) == 1
+
+
+def _as_series(values: Any, what: str) -> list[float]:
+    return [_as_number(v, f"{what} entry") for v in values]
 
 
 def _as_number(returned: Any, what: str) -> float:
@@ -212,8 +225,8 @@ def _as_number(returned: Any, what: str) -> float:
     except (TypeError, ValueError):
         raise TypeError(
             f"the objective's {what} is {returned!r} ({type(returned).__name__}); it must be "
-            "one number (an objective returns a number or a mapping of named numbers with the "
-            "optimised one under 'value')"
+            "one number (an objective returns a number or a mapping of named numbers, or "
+            "sequences of numbers, with the optimised one under 'value')"
         ) from None
 
 

@@ -162,7 +162,7 @@ class Trial:
     told_value: float | None
     told_failed: bool | None
     intermediate: dict[float, float] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | list[float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ class Execution:
     host: str | None = None
     worker_pid: int | None = None
     intermediate: tuple[tuple[float, float], ...] = ()
-    metrics: Mapping[str, float] = field(default_factory=dict)
+    metrics: Mapping[str, float | Sequence[float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -546,7 +546,7 @@ class StudyStore:
         run = execution or Execution()
         finished = run.finished or utc_now()
         steps = [(float(step), _finite_or_none(v)) for step, v in run.intermediate]
-        metrics = json.dumps({str(k): _finite_or_none(v) for k, v in run.metrics.items()},
+        metrics = json.dumps({str(k): _json_metric(v) for k, v in run.metrics.items()},
                              sort_keys=True)
 
         def body(connection: sqlite3.Connection) -> None:
@@ -727,6 +727,19 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _json_metric(value: float | Sequence[float]) -> float | None | list[float | None]:
+    """A metric as JSON stores it: non-finite numbers become null."""
+    if isinstance(value, (int, float)):
+        return _finite_or_none(value)
+    return [_finite_or_none(v) for v in value]
+
+
+def _metric_from_json(value: Any) -> float | list[float]:
+    if isinstance(value, list):
+        return [math.nan if v is None else v for v in value]
+    return math.nan if value is None else value
+
+
 def _trial_from_row(row: tuple, intermediate: dict[float, float]) -> Trial:
     (trial_id, suggestion_id, config, resource, tag, seed, state, value, reason, traceback,
      started, finished, duration, host, worker_pid, completion_order, asked_after,
@@ -753,5 +766,5 @@ def _trial_from_row(row: tuple, intermediate: dict[float, float]) -> Trial:
         told_value=told_value,
         told_failed=None if told_failed is None else bool(told_failed),
         intermediate=intermediate,
-        metrics={k: math.nan if v is None else v for k, v in json.loads(metrics).items()},
+        metrics={k: _metric_from_json(v) for k, v in json.loads(metrics).items()},
     )

