@@ -42,3 +42,11 @@ def medtune_metrics() -> Mapping[str, Callable[..., Any]]:
 
     return dict(METRICS)
 
+
+@hookimpl
+def medtune_transfer_layers() -> Mapping[str, Callable[..., Any]]:
+    """The built-in transfer layers: geometric, intensity, partial and fixed_convolutions."""
+    from medtune.plugins.transfer import TRANSFER_LAYERS
+
+    return dict(TRANSFER_LAYERS)
+
