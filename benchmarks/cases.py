@@ -375,6 +375,84 @@ def _warp3d_case(size: int) -> Case:
     )
 
 
+# --- warp3d: the registration warp x + u(x) vs grid_sample and MONAI's Warp --------------------
+#
+# "pred" is a dense displacement in voxels [N, 3, D, H, W], channels (d, h, w) as MONAI's Warp
+# takes it; "target" the moving image. Every implementation receives the same tensor and pays
+# its own conversion (medtune and grid_sample: to normalised units, channels (x, y, z)), zeros
+# padding, align_corners=True (MONAI's convention).
+
+
+def _normalised(ddf: Tensor) -> Tensor:
+    """A voxel displacement (d, h, w) as normalised (x, y, z) units for align_corners=True."""
+    scale = torch.tensor([2.0 / max(size - 1, 1) for size in ddf.shape[2:]], dtype=ddf.dtype,
+                         device=ddf.device)
+    return (ddf * scale[None, :, None, None, None]).flip(1)
+
+
+def _medtune_register() -> Computation:
+    from medtune.kernels import warp3d
+
+    def warp(ddf: Tensor, image: Tensor) -> Tensor:
+        return warp3d(image, _normalised(ddf), align_corners=True)
+
+    return warp
+
+
+def _grid_sample_register() -> Computation:
+    import torch.nn.functional as F
+
+    def warp(ddf: Tensor, image: Tensor) -> Tensor:
+        n = image.shape[0]
+        identity = torch.eye(3, 4, dtype=image.dtype, device=image.device).expand(n, 3, 4)
+        grid = F.affine_grid(identity, list(image.shape), align_corners=True)
+        grid = grid + _normalised(ddf).movedim(1, -1)
+        return F.grid_sample(image, grid, padding_mode="zeros", align_corners=True)
+
+    return warp
+
+
+def _monai_register() -> Computation:
+    from monai.networks.blocks import Warp
+
+    block = Warp(mode="bilinear", padding_mode="zeros")
+    return lambda ddf, image: block(image, ddf)
+
+
+def _voxel_displacement(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """A smooth random field of a few voxels (a low-resolution field upsampled)."""
+    coarse = 3.0 * torch.randn((shape[0], 3, 5, 5, 5), generator=generator)
+    return torch.nn.functional.interpolate(coarse, size=shape[2:], mode="trilinear",
+                                           align_corners=True).contiguous()
+
+
+def _register_case(shape: tuple[int, ...]) -> Case:
+    size = shape[-1]
+    return Case(
+        name=f"warp3d_register_{shape[0]}x{size}",
+        title="warp3d: registration warp x + u(x), gradient wrt the displacement",
+        modes=(FORWARD, FORWARD_BACKWARD),
+        implementations=(
+            Implementation("medtune", "medtune warp3d, no sampling grid [{backend}]",
+                           _medtune_register),
+            Implementation("grid_sample", "affine_grid + grid_sample", _grid_sample_register),
+            Implementation("monai", "MONAI Warp (grid_sample inside)", _monai_register),
+        ),
+        peer="grid_sample",
+        subject="medtune",
+        shapes={"full": shape, "quick": (1, 3, 16, 16, 16)},
+        make_pred=_voxel_displacement,
+        make_target=_template,
+        describe=lambda s: (
+            f"displacement {dims(s)} float32 in voxels (smooth, a few voxels), image "
+            f"{dims((s[0], 1, *s[2:]))} float32; zeros padding, align_corners=True; agreement: "
+            "the 99.99th percentile of the difference"
+        ),
+        kernel_op="warp3d",
+        agreement_quantile=0.9999,
+    )
+
+
 MEDTUNE_LOSS_LABEL = "medtune glf_loss, fused [{backend}]"
 REFERENCE_LOSS_LABEL = "glf_loss_reference (plain PyTorch composition)"
 
@@ -448,5 +526,7 @@ CASES: dict[str, Case] = {
 }
 CASES.update((case.name, case) for case in map(_chol_append_case, (500, 1000, 2000, 4000)))
 CASES.update((case.name, case) for case in map(_warp3d_case, (80,)))
+CASES.update((case.name, case) for case in map(_register_case, ((2, 3, 80, 80, 80),
+                                                                (1, 3, 160, 160, 160))))
 # a group name runs every case whose name is the group's name plus "_<n>"
 GROUPS = {"chol_append": [name for name in CASES if name.startswith("chol_append_")]}
