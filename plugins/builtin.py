@@ -50,3 +50,10 @@ def medtune_transfer_layers() -> Mapping[str, Callable[..., Any]]:
 
     return dict(TRANSFER_LAYERS)
 
+
+@hookimpl
+def medtune_deformations() -> Mapping[str, Callable[..., Any]]:
+    """The built-in deformations: template (deep template deformation) and implicit."""
+    from medtune.plugins.deformations import DEFORMATIONS
+
+    return dict(DEFORMATIONS)
