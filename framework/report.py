@@ -287,7 +287,57 @@ def _plot_metrics(store: StudyStore, trials: list[Trial], folder: Path) -> list[
         plt.close(fig)
         figures.append(("trajectories.png", f"Per-step trajectories of trial {with_series.id}, "
                         "the best trial that records any (e.g. adaptive GLF coefficients)"))
+    figures.extend(_plot_tversky_plane(ranked, folder))
     return figures
+
+
+def _plot_tversky_plane(ranked: Sequence[Trial], folder: Path) -> list[tuple[str, str]]:
+    """The adaptive GLF coefficients of the best trial that records them, projected on the
+    Tversky plane (``glf_alpha_p_tversky`` against ``glf_alpha_n_tversky``, seed 002 Fig. 7),
+    coloured by training step, with the fixed points of the Dice loss (1, 1) and of the
+    Effectiveness loss (the line alpha_p + alpha_n = 2), on log axes when the trajectory spans
+    more than a factor 20. ``(file, caption)`` of the plot, or nothing when no trial in
+    ``ranked`` (best first) has the series."""
+    names = ("glf_alpha_p_tversky", "glf_alpha_n_tversky")
+    trial = next((t for t in ranked if all(isinstance(t.metrics.get(n), list) and t.metrics[n]
+                                           for n in names)), None)
+    if trial is None:
+        return []
+    plt = _pyplot()
+    alpha_p, alpha_n = (trial.metrics[n] for n in names)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    shown = [v for v in alpha_p + alpha_n if _finite(v)] + [0.5, 2.0]
+    low, high = min(shown), max(shown)
+    # log axes when the trajectory spans decades (the adaptive rules multiply the coefficients)
+    logarithmic = low > 0 and high / low > 20
+    line = [0.02 * k for k in range(1, 100)] if logarithmic else [0.0, 2.0]
+    ax.plot(line, [2 - x for x in line], color="0.6", lw=1.5,
+            label="Effectiveness (α_p + α_n = 2)")
+    ax.plot(alpha_p, alpha_n, color="0.8", lw=0.8, zorder=1)
+    points = ax.scatter(alpha_p, alpha_n, c=range(1, len(alpha_p) + 1), cmap="viridis", s=14,
+                        zorder=2)
+    ax.scatter([1], [1], marker="*", s=120, color="C3", zorder=3, label="Dice (1, 1)")
+    fig.colorbar(points, ax=ax, label="training step")
+    if logarithmic:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(low / 1.5, high * 1.5)
+        ax.set_ylim(low / 1.5, high * 1.5)
+    else:
+        ax.set_xlim(0, high * 1.05)
+        ax.set_ylim(0, high * 1.05)
+    ax.set_xlabel("α_p, Tversky")
+    ax.set_ylabel("α_n, Tversky")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(f"GLF coefficients in the Tversky plane: trial {trial.id} "
+                 f"({trial.config.get('loss', '')})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(folder / "tversky_plane.png", dpi=100)
+    plt.close(fig)
+    return [("tversky_plane.png", f"Adaptive GLF coefficients of trial {trial.id}, the best trial "
+             "that records them, mapped to the Tversky plane during training (seed 002 Fig. 7; "
+             "colour: training step). A fixed Dice loss sits at the red star, a fixed "
+             "Effectiveness loss on the grey line, a fixed Tversky loss at one point.")]
 
 
 def _plot_model(store: StudyStore, trials: list[Trial], folder: Path) -> list[tuple[str, str]]:
@@ -427,9 +477,9 @@ def write_report(study_path: str | Path, folder: str | Path | None = None) -> Pa
     """
     study_path = Path(study_path)
     folder = Path(folder) if folder is not None else study_path.with_name(study_path.stem + "_report")
-    folder.mkdir(parents=True, exist_ok=True)
-    store = StudyStore(study_path)
+    store = StudyStore(study_path)  # a missing or foreign file fails here, before anything is written
     try:
+        folder.mkdir(parents=True, exist_ok=True)
         trials = _finished(store)
         plots = _plot(store, trials, folder)
         model_section = _figures_html("Model", _plot_model(store, trials, folder))

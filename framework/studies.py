@@ -12,6 +12,7 @@ import medtune
 from medtune.config import ConfigError, StudyConfig, load_config, parse_config
 from medtune.report import write_report
 from medtune.search.space import SearchSpace
+from medtune.study.executors import ExecutorError, resolve_objective
 from medtune.study.runner import StudySummary, resume_study, run_study
 from medtune.study.store import StudyStore, TrialState
 from medtune.tables import study_table
@@ -38,6 +39,15 @@ def _searcher_factory(config: StudyConfig):
     return build
 
 
+def _check_objective(config: StudyConfig) -> None:
+    """Import the objective before anything is written: a name that does not import would
+    otherwise fail every trial of the study."""
+    try:
+        resolve_objective(config.objective)
+    except ExecutorError as exc:
+        raise ConfigError(f"{config.path or '<config>'}: objective: {exc}") from None
+
+
 def _run_options(config: StudyConfig) -> dict:
     executor_options = {"address": config.address} if config.address else {}
     return dict(
@@ -60,14 +70,21 @@ def run(config_path: str | Path | None, console: Console) -> Path:
         console.print(f"No configuration given: running the built-in demo study ({DEMO_CONFIG.name}).")
     config = load_config(config_path)
     build = _searcher_factory(config)
+    _check_objective(config)
     if config.storage.exists():
         raise ConfigError(
             f"{config.storage} already exists: continue it with `medtune resume {config.storage}` "
             "or set another study.storage"
         )
-    config.storage.parent.mkdir(parents=True, exist_ok=True)
-    store = StudyStore.create(config.storage, name=config.name, direction=config.direction,
-                              seed=config.seed, config_text=config.source)
+    try:
+        config.storage.parent.mkdir(parents=True, exist_ok=True)
+        store = StudyStore.create(config.storage, name=config.name, direction=config.direction,
+                                  seed=config.seed, config_text=config.source)
+    except OSError as exc:
+        raise ConfigError(
+            f"{config.path or '<config>'}: study.storage: cannot create {config.storage} "
+            f"({exc.strerror or exc}); set study.storage to a writable path"
+        ) from None
     with store:
         summary = run_study(store, build(config.seed),
                             ConfiguredObjective(config.objective, config.settings),
@@ -81,6 +98,7 @@ def resume(study_path: str | Path, console: Console) -> Path:
     study_path = Path(study_path)
     with StudyStore(study_path) as store:
         config = parse_config(store.config_text, f"{study_path} (stored configuration)")
+    _check_objective(config)
     summary = resume_study(study_path, _searcher_factory(config),
                            ConfiguredObjective(config.objective, config.settings),
                            config.executor, **_run_options(config))

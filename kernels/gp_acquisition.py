@@ -283,7 +283,9 @@ if triton is not None:
                              other=0.0).to(COMPUTE)
                 v += tl.dot(kt, tl.trans(lt), input_precision="ieee", out_dtype=COMPUTE)
             sq += tl.sum(v * v, axis=1)
-        variance = tl.maximum(outputscale - sq, min_variance)
+        variance = outputscale - sq
+        # the floor keeps a NaN (tl.maximum would return the floor, hiding a NaN candidate)
+        variance = tl.where(variance != variance, variance, tl.maximum(variance, min_variance))
         sigma = tl.sqrt(variance)
         if ACQ == 0:
             score = tl.zeros((BLOCK_M,), dtype=COMPUTE)

@@ -157,7 +157,9 @@ def prepare(volume: Tensor, displacement: Tensor | None, affine: Tensor | None, 
     if integer:
         label_dtype = volume.dtype
         limit = EXACT_LABEL_LIMIT[dtype]
-        if volume.dtype not in (torch.bool, torch.uint8, torch.int8, torch.int16) and bool(
+        # only a dtype that can exceed the limit is checked: comparing an int32 map with 2**53
+        # would wrap the limit to int32 and reject every label
+        if volume.dtype != torch.bool and torch.iinfo(volume.dtype).max > limit and bool(
                 (volume.abs() > limit).any()):
             raise _error(f"label values beyond ±{limit} are not exact in {dtype}; pass a float64 "
                          "displacement/affine or relabel")
