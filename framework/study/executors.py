@@ -415,7 +415,9 @@ class ProcessExecutor(Executor):
             return None  # woken by the pipe, nothing complete to read yet
         worker.process.join()
         code = worker.process.exitcode
-        if not worker.ready:
+        if not worker.ready and not (code is not None and code < 0):
+            # it exited by itself before it could take work: its code cannot start (a signal
+            # from outside, such as the out-of-memory killer, is a worker death like any other)
             self._discard(worker)
             raise ExecutorError(
                 f"a worker process could not start (exit code {code}; its error is printed "
