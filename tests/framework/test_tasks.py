@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-
 import numpy as np
+import pytest
+import torch
 
+import medtune
+from medtune import registry as registry_module
 from medtune.errors import MedtuneError
-from medtune.tasks import train_segmentation
-from medtune.tasks.segmentation import lesion_metrics, lesion_scores
+from medtune.study import StudyStore, TrialState, run_study
+from medtune.tasks import ConfiguredObjective, train_segmentation
+from medtune.tasks.segmentation import (lesion_metrics, lesion_scores, resolve_loss,
+                                        slice_metrics)
 
 TINY = {"train_size": 16, "val_size": 8, "batch_size": 8, "width": 4, "lr": 5e-3}
 
@@ -19,6 +23,9 @@ def test_reports_each_epoch_and_returns_the_last_dice():
     assert [epoch for epoch, _ in curve] == [1, 2]
     assert 0.0 <= result["value"] <= 1.0 and result["value"] == curve[-1][1]
     assert {"lesion_dice_small", "lesion_recall_small", "lesion_dice_large"} <= set(result)
+    assert {"recall", "dice_lesion_slices", "dice_empty_slices"} <= set(result)
+    assert all(0.0 <= result[k] <= 1.0 for k in ("recall", "dice_lesion_slices",
+                                                  "dice_empty_slices"))
     assert "glf_alpha_p" not in result  # a plain Dice loss has no coefficients
 
 
@@ -29,6 +36,47 @@ def test_same_seed_same_result_and_glf_trajectories():
     assert first == train_segmentation(config, 1, seed=3)
     steps = TINY["train_size"] // TINY["batch_size"]  # one epoch
     assert len(first["glf_alpha_p"]) == len(first["glf_beta2"]) == steps
+    assert len(first["glf_alpha_p_tversky"]) == len(first["glf_alpha_n_tversky"]) == steps
+
+
+def test_exploratory_glf_variant_chooses_coefficients_each_step():
+    variants = {"glf_exploratory": {"loss": "glf", "adaptive": "exploratory"}}
+    config = {**TINY, "train_size": 8, "loss": "glf_exploratory", "loss_variants": variants}
+    result = train_segmentation(config, 1, seed=0)
+    assert len(result["glf_alpha_p"]) == 1 and len(result["glf_alpha_n_tversky"]) == 1
+    # one exploratory step multiplies each coefficient by 0.9, 1 or 1.1
+    assert {round(result[f"glf_{name}"][0], 6) for name in ("alpha_p", "alpha_n", "beta2")} <= {
+        0.9, 1.0, 1.1}
+
+
+def test_loss_variants_resolve_to_a_plugin_and_its_options():
+    config = {"loss": "tversky_a03", "loss_options": {"smooth_nr": 0.0},
+                          "options_by_loss": {"tversky": {"alpha": 0.5, "batch": True}},
+                          "loss_variants": {"tversky_a03": {"loss": "tversky", "alpha": 0.3,
+                                                            "beta": 0.7}}}
+    assert resolve_loss(config) == ("tversky", {"smooth_nr": 0.0, "alpha": 0.3, "beta": 0.7,
+                                                  "batch": True})
+    assert resolve_loss({"loss": "dice", "options_by_loss": {"glf": {"beta2": 2}}}) == (
+        "dice", {})
+
+
+def test_slice_metrics_on_hand_made_masks():
+    labels = np.zeros((4, 8, 8), dtype=np.uint8)
+    predictions = np.zeros((4, 8, 8), dtype=bool)
+    labels[0, :2, :2] = 1             # 4 lesion px, 2 found, 2 false positives: Dice 0.5
+    predictions[0, 0, :4] = True
+    labels[1, 4:, 4:] = 1             # 16 lesion px, all found exactly: Dice 1
+    predictions[1, 4:, 4:] = True
+    predictions[2, 7, 7] = True       # empty slice with one false positive: Dice 0
+    metrics = slice_metrics(predictions, labels)   # slice 3: empty, nothing predicted: Dice 1
+    assert metrics == {"precision": 18 / 21, "recall": 18 / 20, "dice_lesion_slices": 0.75,
+                       "dice_empty_slices": 0.5}
+    nothing = slice_metrics(np.zeros((1, 8, 8), dtype=bool), labels[:1])
+    assert nothing == {"recall": 0.0, "dice_lesion_slices": 0.0}  # precision undefined
+    assert slice_metrics(predictions[2:], labels[2:]) == {"precision": 0.0,
+                                                          "dice_empty_slices": 0.5}
+    with pytest.raises(MedtuneError, match="same shape"):
+        slice_metrics(predictions[:, :4], labels)
 
 
 def test_lesion_scores_by_component_and_size_bin():
@@ -61,7 +109,39 @@ def test_learns_on_the_phantom():
     ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
     ({"width": 0}, "width must be > 0"),
     ({"options_by_loss": {"glf": 3}}, "options_by_loss must map loss names"),
+    ({"loss_variants": {"t03": {"alpha": 0.3}}}, "loss_variants must map variant names"),
 ])
 def test_bad_settings(config, message):
     with pytest.raises(MedtuneError, match=message):
         train_segmentation(config, resource=1)
+
+
+class _NaNLoss(torch.nn.Module):
+    def __init__(self, **options):
+        super().__init__()
+
+    def forward(self, input, target):
+        return input.mean() * float("nan")
+
+
+class _NaNLossPlugin:
+    @medtune.hookimpl
+    def medtune_losses(self):
+        return {"nan_loss": _NaNLoss}
+
+
+def test_a_loss_returning_nan_fails_the_trial_not_the_study(tmp_path, monkeypatch):
+    reg = registry_module.Registry()  # the installed plugins, and this one, for this test only
+    reg.register(_NaNLossPlugin(), "nan_loss_plugin")
+    monkeypatch.setattr(registry_module, "_REGISTRY", reg)
+    objective = ConfiguredObjective("medtune.tasks.segmentation:train_segmentation",
+                                    {**TINY, "train_size": 8, "val_size": 8})
+    store = StudyStore.create(tmp_path / "s.db", direction="maximize")
+    searcher = medtune.create("searcher", "grid", direction="maximize",
+                              space={"loss": {"type": "categorical", "choices": ["nan_loss", "dice"]}})
+    with store:
+        summary = run_study(store, searcher, objective, "inline", progress=False)
+        states = {t.config["loss"]: (t.state, t.failure_reason) for t in store.trials()}
+    assert summary.n_complete == 1 and summary.n_failed == 1
+    assert states["nan_loss"][0] is TrialState.FAIL and states["nan_loss"][1].value == "nan"
+    assert states["dice"][0] is TrialState.COMPLETE

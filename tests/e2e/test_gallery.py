@@ -1,0 +1,139 @@
+"""The gallery examples run from their TOML files: glf_small_lesions (seed 002) and
+hyperband_bohb (seed 004, Fig. 2.10). A tiny variant of each (sizes and budgets rewritten in
+the TOML text) runs in CI; the full examples are slow tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from medtune.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+GLF = EXAMPLES / "glf_small_lesions.toml"
+HYPERBAND = EXAMPLES / "hyperband_bohb.toml"
+
+#: setting -> value of the tiny glf_small_lesions (every loss, one or two steps each)
+GLF_TINY = {"train_size": "8", "val_size": "8", "epochs": "1", "repeats": "2"}
+GLF_LOSSES = {"dice", "effectiveness_b2", "tversky_a03_b07", "tversky_a01_b09",
+              "glf_deterministic", "glf_exploratory"}
+GLF_COLUMNS = ("precision", "recall", "dice_lesion_slices", "dice_empty_slices",
+               "lesion_dice_small", "lesion_dice_medium", "lesion_dice_large")
+#: setting -> value of the tiny hyperband_bohb (a few seconds per method)
+HYPERBAND_TINY = {"train_size": "8", "val_size": "8", "timeout": "6", "R": "3", "epochs": "3"}
+#: The bracket searchers' keys, which "bayes" does not take (the TOML says to delete them).
+BRACKET_KEYS = ("R", "eta", "iterations")
+
+
+def _rewrite(text: str, settings: dict[str, str]) -> str:
+    """``text`` with the line ``key = ...`` of each setting replaced (each must occur once)."""
+    for key, value in settings.items():
+        text, count = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value} ", text)
+        assert count == 1, key
+    return text
+
+
+def _study_text(searcher: str, seed: int, tiny: bool) -> str:
+    """The hyperband_bohb study of one method and seed, written as the TOML's comment says."""
+    text = HYPERBAND.read_text()
+    if tiny:
+        text = _rewrite(text, HYPERBAND_TINY)
+    study, rest = text.split("\n[searcher]\n", 1)
+    study = _rewrite(study, {"name": f'"hyperband_bohb_{searcher}_seed{seed}"', "seed": str(seed)})
+    rest = _rewrite(rest, {"name": f'"{searcher}"'})
+    if searcher == "bayes":
+        for key in BRACKET_KEYS:
+            rest, count = re.subn(rf"(?m)^{key} = .*\n", "", rest)
+            assert count == 1, key
+    return f"{study}\n[searcher]\n{rest}"
+
+
+def _run(path: Path, monkeypatch, capsys) -> str:
+    monkeypatch.setenv("COLUMNS", "250")  # the whole table on one line per row
+    assert main(["run", str(path)]) == 0
+    return capsys.readouterr().out
+
+
+def _trials(study: Path) -> list[dict]:
+    with sqlite3.connect(study) as db:
+        db.row_factory = sqlite3.Row
+        rows = db.execute("SELECT state, config, metrics, resource, value FROM trials").fetchall()
+    return [{**dict(row), "config": json.loads(row["config"]),
+             "metrics": json.loads(row["metrics"] or "{}")} for row in rows]
+
+
+def _check_glf(folder: Path, out: str, repeats: int) -> None:
+    assert "Seed 002" in out and "dice_empty_slices" in out
+    for loss in GLF_LOSSES:
+        assert re.search(rf"{loss}\s.*±.*\s{repeats}\s", out), loss  # its row, mean ± std, n
+    trials = _trials(folder / "studies" / "glf_small_lesions.sqlite")
+    assert len(trials) == len(GLF_LOSSES) * repeats
+    assert all(t["state"] == "COMPLETE" for t in trials)
+    assert {t["config"]["loss"] for t in trials} == GLF_LOSSES
+    for t in trials:
+        assert {"recall", "dice_lesion_slices", "dice_empty_slices"} <= set(t["metrics"])
+        adaptive = t["config"]["loss"].startswith("glf_")
+        assert ("glf_alpha_n_tversky" in t["metrics"]) == adaptive
+    report = folder / "studies" / "glf_small_lesions_report"
+    for name in ("index.html", "lesion_sizes.png", "trajectories.png", "tversky_plane.png"):
+        assert (report / name).stat().st_size > 0, name
+
+
+def _run_hyperband(folder: Path, seeds: tuple[int, ...], tiny: bool, monkeypatch,
+                   capsys) -> dict[str, list[dict]]:
+    studies = {}
+    for seed in seeds:
+        for searcher in ("bayes", "hyperband", "bohb"):
+            path = folder / f"{searcher}_{seed}.toml"
+            path.write_text(_study_text(searcher, seed, tiny))
+            out = _run(path, monkeypatch, capsys)
+            assert "Stopped (timeout)" in out, out[-500:]
+            name = f"hyperband_bohb_{searcher}_seed{seed}"
+            studies[name] = _trials(folder / "studies" / f"{name}.sqlite")
+            assert (folder / "studies" / f"{name}_report" / "best_by_trial.png").stat().st_size
+    return studies
+
+
+def _check_hyperband(studies: dict[str, list[dict]], epochs: float, budget_levels: int) -> None:
+    """Every study has completed trials; the bracket searchers trained at ``budget_levels``
+    or more resource levels up to ``epochs``, BO every model for the full ``epochs``."""
+    for name, trials in studies.items():
+        complete = [t for t in trials if t["state"] == "COMPLETE"]
+        assert complete and all(0.0 <= t["value"] <= 1.0 for t in complete), name
+        assert {t["config"]["loss"] for t in trials} <= {"dice", "tversky", "glf"}
+        resources = {t["resource"] for t in trials}
+        if "_bayes_" in name:
+            assert resources == {None}  # every model trained for the full `epochs`
+        else:
+            assert None not in resources and len(resources) >= budget_levels, (name, resources)
+            assert max(resources) <= epochs, (name, resources)
+
+
+def test_tiny_glf_small_lesions(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "glf_tiny.toml"
+    path.write_text(_rewrite(GLF.read_text(), GLF_TINY))
+    _check_glf(tmp_path, _run(path, monkeypatch, capsys), repeats=2)
+
+
+def test_tiny_hyperband_bohb(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    studies = _run_hyperband(tmp_path, (0,), True, monkeypatch, capsys)
+    _check_hyperband(studies, epochs=3, budget_levels=1)
+
+
+@pytest.mark.slow
+def test_glf_small_lesions(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _check_glf(tmp_path, _run(GLF, monkeypatch, capsys), repeats=3)
+
+
+@pytest.mark.slow
+def test_hyperband_bohb_two_seeds_of_each_method(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    studies = _run_hyperband(tmp_path, (0, 1), False, monkeypatch, capsys)
+    _check_hyperband(studies, epochs=9, budget_levels=2)
