@@ -20,7 +20,7 @@ from medtune.tasks import ConfiguredObjective
 
 
 #: At most this many of the trials' own metrics become columns of the best-trials table.
-MAX_METRIC_COLUMNS = 5
+MAX_METRIC_COLUMNS = 9
 
 #: The built-in demo study ``medtune run`` runs without a configuration.
 DEMO_CONFIG = Path(__file__).with_name("demo.toml")

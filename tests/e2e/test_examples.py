@@ -31,7 +31,7 @@ def _tiny_demo(folder: Path) -> Path:
 
 def _check_study(folder: Path, min_trials: int, min_dice: float, out: str) -> None:
     assert "best trials" in out and "their other metrics" in out
-    assert "lesion" in out and "recall" in out
+    assert "lesion dice small" in out and "lesion recall small" in out
     study = folder / "studies" / "search_small_lesions.sqlite"
     with sqlite3.connect(study) as db:
         states = dict(db.execute("SELECT state, count(*) FROM trials GROUP BY state").fetchall())
@@ -50,6 +50,7 @@ def _check_study(folder: Path, min_trials: int, min_dice: float, out: str) -> No
 
 def test_tiny_demo_runs_and_reports_lesions(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")  # a wide terminal: every column header in full
     assert main(["run", str(_tiny_demo(tmp_path))]) == 0
     _check_study(tmp_path, min_trials=20, min_dice=0.0, out=capsys.readouterr().out)
 
@@ -57,6 +58,7 @@ def test_tiny_demo_runs_and_reports_lesions(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_medtune_run_without_a_configuration_runs_the_demo(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "250")
     assert main(["run"]) == 0
     out = capsys.readouterr().out
     assert "running the built-in demo study" in out
