@@ -30,6 +30,10 @@ of them. The result is a dict: ``value`` (the mean of the two populations' Dice,
 method adds to the adults network: a whole network's parameters for a baseline, as the seed's
 table counts them, 0 for fine-tuning), ``parameters_trained`` and ``seconds_per_epoch`` (wall
 time of one training epoch of the method, evaluation excluded).
+
+``threads`` (default 1) sets torch's intra-op threads for the trial and restores them after:
+networks this small gain nothing from more, and several threads per process slow training
+down many-fold when other processes share the cores (raise it on a dedicated machine).
 """
 
 from __future__ import annotations
