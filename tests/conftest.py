@@ -40,8 +40,8 @@ def installed_plugins(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
-    """One intra-op thread for a module of tiny GP matrices: on a busy machine a second OpenMP
-    thread makes each small op tens of times slower."""
+    """One intra-op thread for a module of tiny ops (GP matrices, small networks): on a busy
+    machine a second OpenMP thread makes each small op tens of times slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -24,14 +24,8 @@ from medtune.plugins.deformations import (
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: several threads per process slow down many-fold when other jobs share
-    the cores (these tests are small; one thread is as fast when the machine is idle)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# one torch thread (tests/conftest.py): several per process slow down many-fold on shared cores
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
