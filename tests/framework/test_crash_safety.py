@@ -116,21 +116,42 @@ def _kill_drivers(tmp_path: Path, executor: str, kills: int) -> None:
     assert killed >= 1
 
 
-def _kill_workers(tmp_path: Path, kills: int) -> None:
-    """SIGKILL a random worker of a running process-executor study ``kills`` times: each of
-    those trials fails (``worker_died``), the driver goes on and ends the study."""
-    path, env = tmp_path / "workers.db", _env(tmp_path)
-    rng = random.Random("workers")
-    n_trials = N_TRIALS + kills
-    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(path), "process",
+def _running_trial_pids(side: Path, seen: int) -> tuple[list[int], int]:
+    """The process ids that started a trial after the first ``seen`` lines of the side file
+    (``logged`` writes one line per trial it starts), and the new line count."""
+    try:
+        lines = side.read_text().splitlines()
+    except FileNotFoundError:
+        return [], seen
+    return [int(line.split()[2]) for line in lines[seen:] if len(line.split()) == 3], len(lines)
+
+
+def _kill_workers(tmp_path: Path, executor: str, kills: int) -> None:
+    """SIGKILL a worker of a running study ``kills`` times: each of those trials fails
+    (``worker_died``), the driver goes on and ends the study. A process-executor worker is a
+    child of the driver; a Ray worker is found by the process id the trial wrote when it
+    started (Ray's workers are children of its raylet, not of the driver)."""
+    path, env = tmp_path / f"workers_{executor}.db", _env(tmp_path)
+    env["MEDTUNE_TEST_SLEEP"] = "0.4"  # trials long enough for every kill to land in one
+    side = tmp_path / "side"
+    rng = random.Random(f"workers {executor}")
+    n_trials = N_TRIALS + 3 * kills  # more trials than the kills can fail
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(path), executor,
                                str(n_trials)], env=env, cwd=ROOT)
-    killed = 0
+    killed, seen = 0, 0
     try:
         while killed < kills and driver.poll() is None:
             time.sleep(rng.uniform(0.2, 0.6))
-            workers = _children(driver.pid)
+            if executor == "ray":
+                started, seen = _running_trial_pids(side, seen)
+                workers = [pid for pid in started[-1:] if pid != driver.pid]
+            else:
+                workers = _children(driver.pid)
             if workers:
-                os.kill(rng.choice(workers), signal.SIGKILL)
+                try:
+                    os.kill(rng.choice(workers), signal.SIGKILL)
+                except ProcessLookupError:
+                    continue  # it finished and exited in between
                 killed += 1
         assert driver.wait(timeout=300) == 0
     finally:
@@ -143,6 +164,7 @@ def _kill_workers(tmp_path: Path, kills: int) -> None:
     assert 1 <= len(died) <= killed and all(t.failure_reason.value == "worker_died" for t in died)
     assert sum(t.state.finished for t in final.values()) == n_trials
     assert sorted(final) == list(range(1, len(final) + 1))
+    assert killed == kills
 
 
 def _kills(default: int = 2) -> int:
@@ -156,8 +178,11 @@ def test_driver_killed_repeatedly_then_resumed(tmp_path, executor):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="SIGKILL and pgrep need Linux")
-def test_killed_workers_fail_their_trials_and_the_study_goes_on(tmp_path):
-    _kill_workers(tmp_path, _kills())
+@pytest.mark.parametrize("executor", ["process", "ray"])
+def test_killed_workers_fail_their_trials_and_the_study_goes_on(tmp_path, executor):
+    if executor == "ray":
+        pytest.importorskip("ray")
+    _kill_workers(tmp_path, executor, _kills())
 
 
 @pytest.mark.slow
@@ -171,5 +196,8 @@ def test_twenty_driver_kills_per_executor(tmp_path, executor):
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="SIGKILL and pgrep need Linux")
-def test_twenty_worker_kills(tmp_path):
-    _kill_workers(tmp_path, _kills(20))
+@pytest.mark.parametrize("executor", ["process", "ray"])
+def test_twenty_worker_kills(tmp_path, executor):
+    if executor == "ray":
+        pytest.importorskip("ray")
+    _kill_workers(tmp_path, executor, _kills(20))
