@@ -453,6 +453,120 @@ def _register_case(shape: tuple[int, ...]) -> Case:
     )
 
 
+# --- nas_ranking: architectures of an elastic super-net evaluated per second -----------------
+#
+# "pred" holds the images [N, 1, H, W]: the first NAS_CALIBRATION_SHARE of them recalibrate the
+# batch-norm statistics of each architecture (one batch), the rest are evaluated; "target" holds
+# the N class labels. Both implementations rank the same NAS_ARCHITECTURES sampled architectures
+# of the same (seeded, untrained) OFA-like super-net and return their accuracies. medtune runs
+# each sub-path inside the super-net through supernet_conv and recalibrates its statistics in
+# place (medtune.plugins.nas.recalibration); the usual way materialises each sub-network (export:
+# fresh nn.Conv2d/nn.BatchNorm2d layers with copied weights), deep-copies it, resets its
+# running statistics and recalibrates them by a forward in training mode (cumulative average,
+# one batch: the exact statistics), then evaluates.
+
+NAS_ARCHITECTURES = 8
+NAS_CALIBRATION_SHARE = 3  # one image in three recalibrates, the others are evaluated
+NAS_CLASSES = 4
+
+
+def _nas_setup(pred: Tensor) -> tuple:
+    """The seeded super-net and architectures, built once per implementation."""
+    import numpy as np
+
+    from medtune.plugins.nas.elastic import ElasticSpace, ElasticSuperNet
+
+    torch.manual_seed(0)
+    space = ElasticSpace(3)
+    net = ElasticSuperNet(space, in_channels=pred.shape[1], num_classes=NAS_CLASSES).to(
+        pred.device).eval()
+    rng = np.random.default_rng(0)
+    return net, [space.sample(rng) for _ in range(NAS_ARCHITECTURES)]
+
+
+def _nas_split(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    calibration = pred.shape[0] // NAS_CALIBRATION_SHARE
+    return pred[:calibration], pred[calibration:], target[calibration:]
+
+
+def _medtune_nas_ranking() -> Computation:
+    from medtune.plugins.nas.recalibration import recalibrate, use_statistics
+
+    state: dict = {}
+
+    def rank(pred: Tensor, target: Tensor) -> Tensor:
+        if "net" not in state:
+            state["net"], state["archs"] = _nas_setup(pred)
+        net, archs = state["net"], state["archs"]
+        calibration, images, labels = _nas_split(pred, target)
+        accuracies = []
+        with torch.no_grad():
+            for arch in archs:
+                stats = recalibrate(net, [calibration], forward=lambda m, x: m(x, arch))
+                with use_statistics(net, stats):
+                    correct = net(images, arch).argmax(1) == labels
+                accuracies.append(correct.float().mean())
+        return torch.stack(accuracies)
+
+    return rank
+
+
+def _deepcopy_nas_ranking() -> Computation:
+    import copy
+
+    state: dict = {}
+
+    def rank(pred: Tensor, target: Tensor) -> Tensor:
+        if "net" not in state:
+            state["net"], state["archs"] = _nas_setup(pred)
+        net, archs = state["net"], state["archs"]
+        calibration, images, labels = _nas_split(pred, target)
+        accuracies = []
+        with torch.no_grad():
+            for arch in archs:
+                sub = copy.deepcopy(net.export(arch))
+                for module in sub.modules():
+                    if isinstance(module, torch.nn.BatchNorm2d):
+                        module.reset_running_stats()
+                        module.momentum = None  # cumulative average over the batches
+                sub.train()(calibration)
+                correct = sub.eval()(images).argmax(1) == labels
+                accuracies.append(correct.float().mean())
+        return torch.stack(accuracies)
+
+    return rank
+
+
+def _class_labels(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    return torch.randint(0, NAS_CLASSES, (shape[0],), generator=generator)
+
+
+def _nas_ranking_case(shape: tuple[int, ...]) -> Case:
+    n, c, h, w = shape
+    return Case(
+        name="nas_ranking",
+        title=f"nas_ranking: {NAS_ARCHITECTURES} architectures of an OFA-like super-net, BN "
+              "recalibrated and evaluated",
+        modes=(FORWARD,),
+        implementations=(
+            Implementation("medtune", "medtune supernet_conv + in-place BN recalibration "
+                                      "[{backend}]", _medtune_nas_ranking),
+            Implementation("deepcopy", "materialised sub-network, deep copy recalibrated in "
+                                       "train mode (PyTorch)", _deepcopy_nas_ranking),
+        ),
+        peer="deepcopy",
+        subject="medtune",
+        shapes={"full": shape, "quick": (12, c, 16, 16)},
+        make_pred=_logits,
+        make_target=_class_labels,
+        describe=lambda s: (f"{s[0] // NAS_CALIBRATION_SHARE} calibration + "
+                            f"{s[0] - s[0] // NAS_CALIBRATION_SHARE} evaluation images "
+                            f"{dims(s[1:])} float32, {NAS_CLASSES} classes"),
+        kernel_op="supernet_conv",
+        speedup_target=10.0,
+    )
+
+
 MEDTUNE_LOSS_LABEL = "medtune glf_loss, fused [{backend}]"
 REFERENCE_LOSS_LABEL = "glf_loss_reference (plain PyTorch composition)"
 
@@ -528,5 +642,6 @@ CASES.update((case.name, case) for case in map(_chol_append_case, (500, 1000, 20
 CASES.update((case.name, case) for case in map(_warp3d_case, (80,)))
 CASES.update((case.name, case) for case in map(_register_case, ((2, 3, 80, 80, 80),
                                                                 (1, 3, 160, 160, 160))))
+CASES.update((case.name, case) for case in map(_nas_ranking_case, ((96, 1, 32, 32),)))
 # a group name runs every case whose name is the group's name plus "_<n>"
 GROUPS = {"chol_append": [name for name in CASES if name.startswith("chol_append_")]}

@@ -25,6 +25,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> warp3d_backward(
     const c10::optional<at::Tensor>& displacement, const at::Tensor& mv,
     const c10::optional<at::Tensor>& mu, const c10::optional<at::Tensor>& b, bool nearest,
     bool border, bool need_volume, bool need_transform);
+at::Tensor supernet_conv_forward(const at::Tensor& input, const at::Tensor& weight,
+                                 const c10::optional<at::Tensor>& bias, at::IntArrayRef segments,
+                                 int64_t stride, bool depthwise);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> supernet_conv_backward(
+    const at::Tensor& grad_out, const at::Tensor& input, const at::Tensor& weight,
+    at::IntArrayRef segments, int64_t stride, bool depthwise, bool need_input, bool need_weight,
+    bool need_bias);
 }  // namespace medtune
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -46,5 +53,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("warp3d_backward", &medtune::warp3d_backward,
         "(grad_out, volume, displacement, Mv, Mu, B, nearest, border, need_volume, "
         "need_transform) -> (grad volume, grad displacement, [N,33] float64 sums: Mv, Mu, B)");
+  m.def("supernet_conv_forward", &medtune::supernet_conv_forward,
+        "(input [N,C,H,W], weight [Co,Ci,K,K], bias [Co] or None, segments (start, end, kernel, "
+        "in, out) flat, stride, depthwise) -> [N,Co,Ho,Wo]");
+  m.def("supernet_conv_backward", &medtune::supernet_conv_backward,
+        "(grad_out, input, weight, segments, stride, depthwise, need_input, need_weight, "
+        "need_bias) -> (grad input, grad weight [Co,Ci,K,K], grad bias [Co])");
   m.def("num_threads", [] { return at::get_num_threads(); }, "threads used by the kernels");
 }

@@ -23,6 +23,7 @@ from medtune.kernels.gp_acquisition import (
     gp_acquisition,
     gp_acquisition_reference,
 )
+from medtune.kernels.supernet_conv import supernet_conv, supernet_conv_reference
 from medtune.kernels.warp3d import warp3d, warp3d_reference
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "overlap_ratio_loss",
     "register_impl",
     "select",
+    "supernet_conv",
+    "supernet_conv_reference",
     "use_backend",
     "warp3d",
     "warp3d_reference",
