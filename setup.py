@@ -29,6 +29,7 @@ packages, package_dir = _packages()
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"medtune.csrc": ["*.cpp", "*.h"], "medtune": ["demo.toml"]},
+    package_data={"medtune.csrc": ["*.cpp", "*.h"], "medtune": ["demo.toml"],
+                  "medtune.plugins.nas": ["data/*.csv", "data/*.json"]},
     include_package_data=False,
 )
