@@ -10,7 +10,8 @@ from medtune.hookspecs import hookimpl
 
 @hookimpl
 def medtune_losses() -> Mapping[str, Callable[..., Any]]:
-    """The built-in losses: dice, tversky, effectiveness, glf and density_weighted."""
+    """The built-in losses: dice, tversky, effectiveness, glf, density_weighted and
+    quality_surrogate."""
     from medtune.plugins.losses import LOSSES
 
     return dict(LOSSES)
@@ -18,8 +19,8 @@ def medtune_losses() -> Mapping[str, Callable[..., Any]]:
 
 @hookimpl
 def medtune_datasets() -> Mapping[str, Callable[..., Any]]:
-    """The built-in datasets: small_lesion, organ_phantom and ring_phantom, generated from a
-    seed, and folder, the user's own NIfTI/DICOM images with label maps."""
+    """The built-in datasets: small_lesion, organ_phantom, ring_phantom and brain_tumour,
+    generated from a seed, and folder, the user's own NIfTI/DICOM images with label maps."""
     from medtune.plugins.datasets import DATASETS
 
     return dict(DATASETS)
@@ -57,3 +58,11 @@ def medtune_deformations() -> Mapping[str, Callable[..., Any]]:
     from medtune.plugins.deformations import DEFORMATIONS
 
     return dict(DEFORMATIONS)
+
+
+@hookimpl
+def medtune_quality_estimators() -> Mapping[str, Callable[..., Any]]:
+    """The built-in quality estimator: dqe, the deep quality estimation regressor of seed 000."""
+    from medtune.plugins.quality import QUALITY_ESTIMATORS
+
+    return dict(QUALITY_ESTIMATORS)

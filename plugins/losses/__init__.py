@@ -1,4 +1,5 @@
-"""Loss plugins: Dice, Tversky, Effectiveness, the adaptive GLF and the density-weighted loss.
+"""Loss plugins: Dice, Tversky, Effectiveness, the adaptive GLF, the density-weighted loss
+and the quality-surrogate loss.
 
 The overlap losses (``dice``, ``tversky``, ``effectiveness``, ``glf``) run on the fused kernel
 op :func:`medtune.kernels.glf_loss` and take MONAI's arguments; ``glf`` adapts its coefficients
@@ -25,6 +26,7 @@ from medtune.plugins.losses.exploratory import (
 )
 from medtune.plugins.losses.glf import GLFLoss
 from medtune.plugins.losses.overlap import DiceLoss, EffectivenessLoss, OverlapLoss, TverskyLoss
+from medtune.plugins.losses.quality_surrogate import QualitySurrogateLoss
 
 #: ``{name: factory}`` as registered under the ``loss`` kind by the built-in plugin.
 LOSSES = {
@@ -33,6 +35,7 @@ LOSSES = {
     "effectiveness": EffectivenessLoss,
     "glf": GLFLoss,
     "density_weighted": DensityWeightedLoss,
+    "quality_surrogate": QualitySurrogateLoss,
 }
 
 __all__ = [
@@ -47,6 +50,7 @@ __all__ = [
     "GLFLoss",
     "LossError",
     "OverlapLoss",
+    "QualitySurrogateLoss",
     "RatioLadder",
     "StepCost",
     "Trajectory",

@@ -1,0 +1,79 @@
+"""The quality_estimation example (seed 000, table 1) runs from its TOML file: a tiny variant
+(sizes rewritten in the TOML text, one architecture) in the default run, the shipped file as a
+slow test. Checks the study, the results table and the report figures."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from medtune.cli import main
+from medtune.study.store import StudyStore, TrialState
+from medtune.tasks.quality import report_figures
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quality_estimation.toml"
+TINY = {"image_size": "32", "train_exams": "3", "test_exams": "2", "external_exams": "2", "epochs": "1"}
+#: the tiny run keeps one architecture: 4 trainings
+TINY_CHOICES = {'choices = ["densenet121", "densenet201"]': 'choices = ["densenet121"]'}
+COLUMNS = ("mae", "rmse", "rater_mae", "external_r_dice")
+
+
+def _tiny_text() -> str:
+    text = EXAMPLE.read_text()
+    for key, value in TINY.items():
+        text, count = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value} ", text)
+        assert count == 1, key
+    for old, new in TINY_CHOICES.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
+
+
+def _run_and_check(path: Path, folder: Path, trials: int, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "DQE on the brain-tumour phantom" in out
+    for column in COLUMNS:
+        assert column in out
+    for normalisation in ("minmax", "percentile"):  # a row per configuration, with n = 1
+        for encoding in ("tissue", "brats"):
+            assert re.search(rf"densenet121\s.*adam\s.*{normalisation}\s.*{encoding}\s.*\d\.\d{{3}}.*\s1\s", out), out
+    store = StudyStore(folder / "studies" / "quality_estimation.sqlite")
+    finished = store.trials()
+    store.close()
+    assert len(finished) == trials and all(t.state == TrialState.COMPLETE for t in finished)
+    assert {(t.config["normalisation"], t.config["label_encoding"]) for t in finished} == {
+        (n, e) for n in ("minmax", "percentile") for e in ("tissue", "brats")}
+    for trial in finished:
+        metrics = trial.metrics
+        assert trial.value == pytest.approx(metrics["mae"]) and 0 <= metrics["mae"] < float("inf")
+        assert metrics["rmse"] >= metrics["mae"]
+        assert len(metrics["predicted"]) == len(metrics["rated"]) == len(metrics["rated_min"])
+        assert all(lo <= r <= hi for lo, r, hi in zip(metrics["rated_min"], metrics["rated"], metrics["rated_max"]))
+        assert 0 < metrics["rater_mae"] < 2
+        if "pearson_r" in metrics:
+            assert metrics["pearson_low"] <= metrics["pearson_r"] <= metrics["pearson_high"]
+        assert math.isfinite(metrics["seconds_training"])
+    plots = folder / "plots"
+    plots.mkdir()
+    figures = report_figures(finished, plots)
+    assert [name for name, _ in figures] == ["quality_scatter.png", "quality_bland_altman.png"]
+    assert all((plots / name).stat().st_size > 1000 for name, _ in figures)
+    assert report_figures([], plots) == []
+
+
+def test_tiny_quality_estimation(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "quality_tiny.toml"
+    path.write_text(_tiny_text())
+    _run_and_check(path, tmp_path, 4, monkeypatch, capsys)
+
+
+@pytest.mark.slow
+def test_quality_estimation(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _run_and_check(EXAMPLE, tmp_path, 8, monkeypatch, capsys)
