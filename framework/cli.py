@@ -1,4 +1,4 @@
-"""The ``medtune`` command line: run, resume, status, report, plugins, doctor and bench."""
+"""The ``medtune`` command line: run, resume, status, report, compare, plugins, doctor and bench."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from medtune import doctor
@@ -76,7 +77,9 @@ def _cmd_study(args: argparse.Namespace, console: Console) -> int:
     from medtune import studies
 
     if args.command == "run":
-        studies.run(args.config, console)
+        studies.run(args.config, console, scale=args.scale)
+    elif args.command == "compare":
+        studies.compare(args.studies, console, out=args.out)
     else:
         getattr(studies, args.command)(args.study, console)
     return 0
@@ -92,10 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", default=None,
                      help="study configuration (TOML), e.g. examples/glf_small_lesions.toml; "
                           "without one, the built-in demo study")
+    run.add_argument("--scale", type=float, default=None, metavar="S",
+                     help="multiply what the configuration's [scale] table lists (sizes, "
+                          "epochs, repeats) by S; the study gets its own file, <name>_xS")
     for name, text in (("resume", "continue a study whose driver stopped or was killed"),
                        ("status", "trial counts by state and the best trial of a study"),
                        ("report", "write a study's HTML report with plots")):
         commands.add_parser(name, help=text).add_argument("study", help="study file (.sqlite)")
+    compare = commands.add_parser(
+        "compare", help="compare studies of several searchers and seeds in one figure and table")
+    compare.add_argument("studies", nargs="+", help="study files (.sqlite), e.g. one per method "
+                                                    "and seed; grouped by their searcher")
+    compare.add_argument("--out", default=None, metavar="FOLDER",
+                         help="where to write comparison.png and comparison.html (default: "
+                              "comparison/ next to the first study)")
     commands.add_parser("plugins", help="list every plugin by kind, broken ones marked")
     commands.add_parser("doctor", help="check Python, torch, Triton, compiler, kernels, GPU")
     # `medtune bench ARGS...` hands ARGS to the benchmark runner untouched (see main)
@@ -116,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args, console)
     except MedtuneError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)  # one line
+        # one line; escaped, so a [table] named in the message is printed, not read as markup
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return 2
 
 

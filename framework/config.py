@@ -34,22 +34,44 @@ Layout::
     rows = ["lr"]                    # configuration keys that name a row
     columns = ["value"]              # the objective's value and/or its named metrics
 
+    [scale]                          # optional: what `medtune run --scale S` multiplies by S
+    settings = ["epochs"]            # objective settings
+    searcher = ["R"]                 # searcher options
+    study = ["timeout"]              # study keys (n_trials, timeout)
+    # factor = 4                     # written by `--scale 4` into the stored configuration
+
+    [replay]                         # optional: replay searchers over the finished study
+    searchers = ["random", "bayes"]  # searcher plugins; [replay.options.<name>] their options
+    runs = 200
+    goals = ["best", "within 1%", "top 5%"]
+
+Scaling: integer values become ``max(1, round(value * S))``, floats ``value * S``. A scaled
+study is named ``<name>_x<S>`` (and stored in ``<storage stem>_x<S>.sqlite``), so it never
+mixes with the default-size one.
+
 Every error names the file, the key path and what was expected.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medtune.errors import MedtuneError
+from medtune.search.replay import Goal, ReplayError
 
 TASKS = {
     "segmentation": "medtune.tasks.segmentation:train_segmentation",
     "transfer": "medtune.tasks.transfer:train_transfer",
     "template": "medtune.tasks.template:train_template",
+    "quality": "medtune.tasks.quality:train_quality",
+    "regions": "medtune.tasks.regions:train_regions",
+    "nas": "medtune.tasks.nas:train_nas",
+    "regression": "medtune.tasks.regression:train_regression",
 }
 EXECUTORS = ("inline", "process", "ray")
 DIRECTIONS = ("minimize", "maximize")
@@ -68,6 +90,27 @@ class TableSpec:
     title: str
     rows: tuple[str, ...]
     columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    """What ``medtune run --scale S`` multiplies: names of objective settings, searcher
+    options and study keys; ``factor`` is the S this configuration was scaled by."""
+
+    settings: tuple[str, ...]
+    searcher: tuple[str, ...]
+    study: tuple[str, ...]
+    factor: float = 1.0
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    """Searchers replayed ``runs`` times each over a finished study's tabulated values."""
+
+    searchers: tuple[str, ...]
+    runs: int
+    goals: tuple[Goal, ...]
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +134,8 @@ class StudyConfig:
     settings: dict[str, Any]
     space: dict[str, Any]
     table: TableSpec | None = None
+    scale: ScaleSpec | None = None
+    replay: ReplaySpec | None = None
     source: str = ""
     path: Path | None = field(default=None, repr=False)
 
@@ -121,18 +166,28 @@ def _choice(value: str, choices: tuple[str, ...], where: str) -> str:
     return value
 
 
-def parse_config(text: str, path: str | Path = "<string>") -> StudyConfig:
-    """Validate TOML ``text`` (read from ``path``) into a :class:`StudyConfig`."""
+SECTIONS = ("study", "searcher", "objective", "space", "table", "scale", "replay")
+
+
+def parse_config(text: str, path: str | Path = "<string>", scale: float | None = None) -> StudyConfig:
+    """Validate TOML ``text`` (read from ``path``) into a :class:`StudyConfig`.
+
+    ``scale`` (``medtune run --scale S``) multiplies what the ``[scale]`` section lists by S;
+    the returned config's ``source`` then records the factor, so the study resumes scaled.
+    """
     where = str(path)
+    if scale is not None:
+        text = _with_factor(text, scale, where)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"study", "searcher", "objective", "space", "table"})
+    unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)}; expected study, "
-                          "searcher, objective, space, table")
-    study = _expect(data, "study", dict, where, {})
+        raise ConfigError(f"{where}: unknown table(s) {', '.join(unknown)}; expected "
+                          f"{', '.join(SECTIONS)}")
+    study = dict(_expect(data, "study", dict, where, {}))
+    scale_spec = _scale_spec(_expect(data, "scale", dict, where), where)
     known = {"name", "direction", "n_trials", "timeout", "seed", "storage", "executor", "n_workers",
              "address", "on_failure", "penalty"}
     extra = sorted(set(study) - known)
@@ -177,12 +232,27 @@ def parse_config(text: str, path: str | Path = "<string>") -> StudyConfig:
             raise ConfigError(f"{ow}.function: expected \"package.module:function\", got {function!r}")
         objective = function
     settings = dict(_expect(objective_table, "settings", dict, ow, {}))
+    if scale_spec is not None and scale_spec.factor != 1:
+        factor = scale_spec.factor
+        _scale_values(settings, scale_spec.settings, factor, f"{where}: scale.settings",
+                      "[objective.settings]")
+        _scale_values(searcher_table, scale_spec.searcher, factor, f"{where}: scale.searcher",
+                      "[searcher]")
+        scaled_study = {key: study[key] for key in ("n_trials", "timeout") if key in study}
+        _scale_values(scaled_study, scale_spec.study, factor, f"{where}: scale.study",
+                      "[study] (n_trials, timeout)")
+        n_trials = scaled_study.get("n_trials", n_trials)
+        timeout = scaled_study.get("timeout", timeout)
+        suffix = f"_x{factor:g}"
+        name += suffix
+        storage = storage.with_name(storage.stem + suffix + storage.suffix)
 
     space = _expect(data, "space", dict, where, required=True)
     for parameter, table in space.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: space.{parameter}: expected a table with a type, got {table!r}")
     table_spec = _table_spec(_expect(data, "table", dict, where), space, name, where)
+    replay_spec = _replay_spec(_expect(data, "replay", dict, where), where)
     return StudyConfig(
         name=name,
         direction=_choice(_expect(study, "direction", str, w, "maximize"), DIRECTIONS, f"{w}.direction"),
@@ -201,6 +271,8 @@ def parse_config(text: str, path: str | Path = "<string>") -> StudyConfig:
         settings=settings,
         space=space,
         table=table_spec,
+        scale=scale_spec,
+        replay=replay_spec,
         source=text,
         path=Path(path) if where != "<string>" else None,
     )
@@ -227,11 +299,111 @@ def _table_spec(table: dict | None, space: dict[str, Any], name: str, where: str
     return TableSpec(title=title, rows=keys["rows"], columns=keys["columns"])
 
 
-def load_config(path: str | Path) -> StudyConfig:
-    """Read and validate a study TOML file."""
+def _with_factor(text: str, scale: float, where: str) -> str:
+    """``text`` with ``factor = scale`` written at the top of its ``[scale]`` table."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
+            or scale <= 0:
+        raise ConfigError(f"{where}: --scale must be a positive number, got {scale!r}")
+    lines = text.splitlines(keepends=True)
+    headers = [i for i, line in enumerate(lines) if re.match(r"\s*\[scale\]\s*(#.*)?$", line)]
+    if not headers:
+        raise ConfigError(f"{where}: --scale needs a [scale] table listing what to multiply, "
+                          'e.g. [scale] settings = ["train_size", "epochs"]; this file has none')
+    if any(re.match(r"\s*factor\s*=", line) for line in lines[headers[0] + 1:]):
+        raise ConfigError(f"{where}: scale.factor is already set (a stored, scaled configuration); "
+                          "run --scale on the original file instead")
+    lines.insert(headers[0] + 1, f"factor = {float(scale)!r}\n")
+    return "".join(lines)
+
+
+def _scale_spec(table: dict | None, where: str) -> ScaleSpec | None:
+    if table is None:
+        return None
+    sw = f"{where}: scale"
+    extra = sorted(set(table) - {"settings", "searcher", "study", "factor"})
+    if extra:
+        raise ConfigError(f"{sw}: unknown key(s) {', '.join(extra)}; known: settings, searcher, "
+                          "study, factor")
+    lists = {}
+    for key in ("settings", "searcher", "study"):
+        value = _expect(table, key, list, sw, [])
+        if not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{sw}.{key}: expected a list of names, got {value!r}")
+        lists[key] = tuple(value)
+    if not any(lists.values()):
+        raise ConfigError(f"{sw}: lists nothing to multiply; give settings, searcher and/or "
+                          "study, e.g. settings = [\"epochs\"]")
+    bad = [key for key in lists["study"] if key not in ("n_trials", "timeout")]
+    if bad:
+        raise ConfigError(f"{sw}.study: {', '.join(map(repr, bad))} cannot be scaled; only "
+                          "n_trials and timeout can")
+    factor = _expect(table, "factor", (int, float), sw, 1.0)
+    if not math.isfinite(factor) or factor <= 0:
+        raise ConfigError(f"{sw}.factor: expected a positive number, got {factor!r}")
+    return ScaleSpec(lists["settings"], lists["searcher"], lists["study"], float(factor))
+
+
+def _scale_values(values: dict[str, Any], names: tuple[str, ...], factor: float, where: str,
+                  table: str) -> None:
+    """Multiply ``values[name]`` by ``factor`` in place for each of ``names``: integers rounded
+    (at least 1), floats multiplied."""
+    for name in names:
+        if name not in values:
+            raise ConfigError(f"{where}: {name!r} is not set in {table}; list only keys the "
+                              f"file sets ({', '.join(values) or 'none'})")
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {name} = {value!r} is not a number, so it cannot be "
+                              "scaled; remove it from the list")
+        values[name] = max(1, round(value * factor)) if isinstance(value, int) else value * factor
+
+
+def _replay_spec(table: dict | None, where: str) -> ReplaySpec | None:
+    if table is None:
+        return None
+    rw = f"{where}: replay"
+    extra = sorted(set(table) - {"searchers", "runs", "goals", "options"})
+    if extra:
+        raise ConfigError(f"{rw}: unknown key(s) {', '.join(extra)}; known: searchers, runs, "
+                          "goals, options")
+    searchers = _expect(table, "searchers", list, rw, required=True)
+    if not searchers or not all(isinstance(v, str) for v in searchers):
+        raise ConfigError(f"{rw}.searchers: expected a non-empty list of searcher names, got "
+                          f"{searchers!r}")
+    runs = _expect(table, "runs", int, rw, 100)
+    if runs < 1:
+        raise ConfigError(f"{rw}.runs: expected a positive integer, got {runs}")
+    goal_texts = _expect(table, "goals", list, rw, ["best", "within 1%", "within 5%", "top 5%"])
+    if not goal_texts:
+        raise ConfigError(f"{rw}.goals: expected a non-empty list such as [\"best\", \"top 5%\"]")
+    goals = tuple(_goal(text, f"{rw}.goals") for text in goal_texts)
+    options = dict(_expect(table, "options", dict, rw, {}))
+    for name, value in options.items():
+        if name not in searchers:
+            raise ConfigError(f"{rw}.options.{name}: {name!r} is not one of replay.searchers "
+                              f"({', '.join(searchers)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{rw}.options.{name}: expected a table of searcher options, got "
+                              f"{value!r}")
+    return ReplaySpec(tuple(searchers), runs, goals, options)
+
+
+def _goal(text: Any, where: str) -> Goal:
+    """``"best"``, ``"within x%"`` or ``"top x%"`` as a :class:`Goal`."""
+    match = re.fullmatch(r"\s*(best|within|top)\s*(?:([0-9.]+)\s*%)?\s*", str(text).lower())
+    if not isinstance(text, str) or match is None or (match[1] == "best") != (match[2] is None):
+        raise ConfigError(f'{where}: expected "best", "within x%" or "top x%", got {text!r}')
+    try:
+        return Goal(match[1], float(match[2]) / 100 if match[2] else 0.0)
+    except (ReplayError, ValueError) as exc:
+        raise ConfigError(f"{where}: {text!r}: {exc}") from None
+
+
+def load_config(path: str | Path, scale: float | None = None) -> StudyConfig:
+    """Read and validate a study TOML file (scaled by ``scale``, see :func:`parse_config`)."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror or exc}") from None
-    return parse_config(text, path)
+    return parse_config(text, path, scale)

@@ -16,18 +16,34 @@ For trials that return metrics beside their value (see :mod:`medtune.study.execu
 lesion Dice per size bin of the best trial of each loss (seed 002 Fig. 4), when trials report
 ``lesion_dice_<bin>``, and the series (per-step trajectories such as the adaptive GLF
 coefficients, seed 002 Fig. 6) of the best trial that reports any.
+
+For a study whose configuration has a ``[replay]`` table (see :mod:`medtune.config`): the
+listed searchers replayed many times over the study's tabulated values (seed 004 sec. 2.4,
+table 2.3, :mod:`medtune.search.replay`), as a table of draws per goal and a plot of the mean
+regret after each draw. The result is kept in ``replay.json`` in the report folder and
+recomputed only when the trials or the ``[replay]`` table change.
+
+:func:`write_comparison` puts several studies side by side (seed 004 Fig. 2.10 across
+methods): per searcher, over its studies (seeds), the best value so far and the running median
+of all trials against trials and against wall time, and the best value per searcher.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medtune.config import ConfigError, parse_config
+from medtune.errors import MedtuneError
+from medtune.search.replay import TabulatedObjective, format_table, replay
+from medtune.search.space import SearchSpace
 from medtune.study.store import StudyStore, Trial, TrialState
 from medtune.tasks.segmentation import LESION_BINS
 from medtune.tables import ResultTable, study_table
@@ -239,6 +255,31 @@ def _ranked(trials: Sequence[Trial], direction: str) -> list[Trial]:
     return sorted(complete, key=lambda t: (-(t.resource or 0.0), sign * t.value))
 
 
+#: the figures of tasks and plugins whose trials carry their own metrics (each draws nothing
+#: for trials without them): "module:function" taking (trials, folder)
+TASK_FIGURES = (
+    "medtune.tasks.regions:report_figures",
+    "medtune.tasks.regression:report_figures",
+    "medtune.tasks.quality:report_figures",
+    "medtune.plugins.nas.analysis:report_figures",
+)
+
+
+def _trajectory(name: str, value: Any) -> bool:
+    """A per-step series (the adaptive GLF coefficients), not a per-case or per-pixel list."""
+    return isinstance(value, list) and name.startswith("glf_")
+
+
+def _task_figures(trials: list[Trial], folder: Path) -> list[tuple[str, str]]:
+    import importlib
+
+    figures = []
+    for reference in TASK_FIGURES:
+        module, function = reference.split(":")
+        figures += getattr(importlib.import_module(module), function)(trials, folder)
+    return figures
+
+
 def _plot_metrics(store: StudyStore, trials: list[Trial], folder: Path) -> list[tuple[str, str]]:
     """Plots of the metrics trials returned: lesion Dice by size per loss, and the series of
     the best trial that has any. ``(file, caption)`` for each plot written."""
@@ -269,10 +310,10 @@ def _plot_metrics(store: StudyStore, trials: list[Trial], folder: Path) -> list[
         plt.close(fig)
         figures.append(("lesion_sizes.png", "Lesion Dice by lesion size, best trial of each loss "
                         "(at its largest budget)"))
-    with_series = next((t for t in ranked if any(isinstance(v, list) for v in t.metrics.values())),
+    with_series = next((t for t in ranked if any(_trajectory(k, v) for k, v in t.metrics.items())),
                        None)
     if with_series is not None:
-        series = {k: v for k, v in sorted(with_series.metrics.items()) if isinstance(v, list)}
+        series = {k: v for k, v in sorted(with_series.metrics.items()) if _trajectory(k, v)}
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, values in series.items():
             ax.plot(range(1, len(values) + 1), values, label=name)
@@ -454,7 +495,7 @@ def _parameter_panel(ax, name: str, points: list[tuple[object, float]],
 def _figures_html(title: str, figures: list[tuple[str, str]]) -> str:
     if not figures:
         return ""
-    return f"\n<h2>{title}</h2>" + "".join(
+    return (f"\n<h2>{title}</h2>" if title else "") + "".join(
         f'\n<figure><img src="{name}" alt="{html.escape(caption)}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         for name, caption in figures
@@ -470,6 +511,252 @@ def _results_html(table: ResultTable) -> str:
             "</table>")
 
 
+#: The replay results kept in a report folder (see :func:`study_replay`).
+REPLAY_FILE = "replay.json"
+
+
+class ReportError(MedtuneError, ValueError):
+    """A report or comparison was asked of studies that cannot give it."""
+
+
+@dataclass(frozen=True)
+class StudyReplay:
+    """Searchers replayed over a finished study: ``table`` is seed 004's table 2.3 (draws per
+    goal, mean ± std and worst, next to the random-search theory) as text; ``regret`` the mean
+    regret after each draw per searcher; ``configurations`` the tabulated configurations with
+    a valid value, of ``population`` in the space."""
+
+    table: str
+    runs: int
+    configurations: int
+    population: int
+    regret: dict[str, list[float]]
+
+
+def _stored_config(store: StudyStore):
+    """The study's stored configuration, or None when it has none that parses."""
+    if not store.config_text.strip():
+        return None
+    try:
+        return parse_config(store.config_text, f"{store.path} (stored configuration)")
+    except ConfigError:
+        return None
+
+
+def study_replay(store: StudyStore, folder: Path) -> StudyReplay | None:
+    """Replay the searchers of the study's ``[replay]`` table over its completed trials.
+
+    Each configuration's value is the mean of its completed trials; failed configurations and
+    those never run count as failures. Reuses ``folder/replay.json`` when it was computed from
+    the same trials and settings. None when the study has no ``[replay]`` table or no
+    completed trial yet.
+    """
+    config = _stored_config(store)
+    if config is None or config.replay is None:
+        return None
+    spec = config.replay
+    trials = [t for t in store.trials() if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        return None
+    results = sorted((json.dumps(t.config, sort_keys=True),
+                      t.value if t.state == TrialState.COMPLETE else None) for t in trials)
+    fingerprint = hashlib.sha256(json.dumps(
+        [results, config.space, store.direction, config.seed, list(spec.searchers), spec.runs,
+         [g.label for g in spec.goals], spec.options], sort_keys=True, default=str,
+    ).encode()).hexdigest()
+    cache = folder / REPLAY_FILE
+    if cache.exists():
+        try:
+            kept = json.loads(cache.read_text())
+            if kept.get("fingerprint") == fingerprint:
+                return StudyReplay(**kept["replay"])
+        except (ValueError, KeyError, TypeError):
+            pass  # an unreadable or older cache is recomputed
+    space = SearchSpace.from_dict(config.space, where=f"{store.path}: space")
+    if not space.is_finite:
+        raise ReportError(f"{store.path}: [replay] needs a finite space (ordinal and categorical "
+                          "parameters, no floats); make the space finite or remove [replay]")
+    objective = TabulatedObjective.from_results(
+        space, [(t.config, t.value if t.state == TrialState.COMPLETE else None) for t in trials],
+        direction=store.direction)
+    reports = [replay(name, objective, runs=spec.runs, seed=config.seed, goals=spec.goals,
+                      **spec.options.get(name, {}))
+               for name in spec.searchers]
+    result = StudyReplay(
+        table=format_table(reports),
+        runs=spec.runs,
+        configurations=objective.total,
+        population=objective.population,
+        regret={r.searcher: [float(v) for v in r.mean_regret] for r in reports},
+    )
+    cache.write_text(json.dumps({"fingerprint": fingerprint, "replay": result.__dict__}))
+    return result
+
+
+def _plot_replay(result: StudyReplay, direction: str, folder: Path) -> list[tuple[str, str]]:
+    """The mean regret after each draw of every replayed searcher; ``(file, caption)``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, curve in result.regret.items():
+        ax.plot(range(1, len(curve) + 1), curve, label=name)
+    ax.set_xlabel("draws (configurations evaluated)")
+    ax.set_ylabel("mean regret (gap to the best value)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"replayed searches: {result.runs} runs each over {result.configurations} "
+                 "tabulated models")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "replay_regret.png", dpi=100)
+    plt.close(fig)
+    return [("replay_regret.png",
+             f"Mean regret after each draw over {result.runs} replays of each searcher on the "
+             f"study's {result.configurations} tabulated models (seed 004 sec. 2.4): the gap "
+             f"between the best value of the space and the best value found so far "
+             f"({'higher' if direction == 'maximize' else 'lower'} values are better, so the "
+             "regret is their absolute difference). A run that reached every goal keeps its "
+             "last regret.")]
+
+
+def _replay_html(result: StudyReplay) -> str:
+    return (f"\n<h2>Replay</h2>\n<p>Draws needed to reach each goal, mean ± std and worst over "
+            f"{result.runs} replays per searcher over the {result.configurations} models the "
+            f"study trained (of {result.population} in the space), with uniform random search "
+            f"without replacement in theory (seed 004 table 2.3, eq. 2.20-2.22).</p>\n"
+            f"<pre>{html.escape(result.table)}</pre>")
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """The best value each study of one searcher reached: ``best`` per study, in the order
+    given, with their mean and sample standard deviation (0 for one study)."""
+
+    searcher: str
+    studies: tuple[str, ...]
+    best: tuple[float, ...]
+    mean: float
+    std: float
+
+
+def _curves(trials: list[Trial], maximize: bool) -> dict[str, list[float]]:
+    """Per finished trial (completion order): best so far, running median, wall minutes."""
+    values = [t.value if t.state == TrialState.COMPLETE else None for t in trials]
+    start = min(t.started for t in trials)
+    return {
+        "best": [math.nan if b is None else b for b in best_so_far(values, maximize)],
+        "median": [math.nan if m is None else m for m in running_median(values)],
+        "minutes": [((t.finished or t.started) - start).total_seconds() / 60 for t in trials],
+    }
+
+
+def _band(curves: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
+    """Median, minimum and maximum over curves of unequal length (shorter ones end)."""
+    length = max(len(c) for c in curves)
+    median, low, high = [], [], []
+    for i in range(length):
+        column = [c[i] for c in curves if i < len(c) and not math.isnan(c[i])]
+        median.append(statistics.median(column) if column else math.nan)
+        low.append(min(column) if column else math.nan)
+        high.append(max(column) if column else math.nan)
+    return median, low, high
+
+
+def _on_grid(minutes: list[float], values: list[float], grid: list[float]) -> list[float]:
+    """A step curve (value held from each time on) sampled at ``grid``; NaN before its start
+    and after its last time."""
+    out, j = [], -1
+    for time in grid:
+        while j + 1 < len(minutes) and minutes[j + 1] <= time:
+            j += 1
+        out.append(values[j] if 0 <= j and time <= minutes[-1] else math.nan)
+    return out
+
+
+def write_comparison(study_paths: Sequence[str | Path], folder: str | Path) -> tuple[Path, list[MethodSummary]]:
+    """Compare studies by searcher (seed 004 Fig. 2.10 across methods): write
+    ``comparison.png`` and ``comparison.html`` into ``folder``; returns the HTML path and the
+    best value per searcher over its studies.
+
+    The figure has four panels: best value so far and running median of all trials, against
+    completed trials and against wall time; per searcher the median over its studies (seeds)
+    with the range between the lowest and highest shaded. All studies must share a direction.
+    """
+    if not study_paths:
+        raise ReportError("compare needs at least one study file")
+    folder = Path(folder)
+    groups: dict[str, list[tuple[str, dict[str, list[float]], float]]] = {}
+    directions = set()
+    for path in study_paths:
+        with StudyStore(path) as store:
+            config = _stored_config(store)
+            searcher = config.searcher if config is not None else "unknown searcher"
+            trials = _finished(store)
+            best = store.best_trial()
+            if best is None:
+                raise ReportError(f"{path}: no completed trial to compare; run or resume the "
+                                  "study first, or leave it out")
+            directions.add(store.direction)
+            groups.setdefault(searcher, []).append(
+                (store.name, _curves(trials, store.direction == "maximize"), best.value))
+    if len(directions) > 1:
+        raise ReportError("the studies do not share a direction (some maximise, some minimise); "
+                          "compare studies of one objective")
+    maximize = directions.pop() == "maximize"
+    summaries = []
+    for searcher, runs in groups.items():
+        best = tuple(b for _, _, b in runs)
+        summaries.append(MethodSummary(
+            searcher, tuple(name for name, _, _ in runs), best, statistics.fmean(best),
+            statistics.stdev(best) if len(best) > 1 else 0.0))
+
+    plt = _pyplot()
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharey="row")
+    end = max(c["minutes"][-1] for runs in groups.values() for _, c, _ in runs) or 1.0
+    grid = [end * k / 200 for k in range(201)]
+    for colour, (searcher, runs) in enumerate(groups.items()):
+        style = {"color": f"C{colour}"}
+        for row, key in enumerate(("best", "median")):
+            median, low, high = _band([c[key] for _, c, _ in runs])
+            order = list(range(1, len(median) + 1))
+            axes[row][0].plot(order, median, label=f"{searcher} ({len(runs)} studies)", **style)
+            axes[row][0].fill_between(order, low, high, alpha=0.2, lw=0, **style)
+            timed = _band([_on_grid(c["minutes"], c[key], grid) for _, c, _ in runs])
+            axes[row][1].plot(grid, timed[0], **style)
+            axes[row][1].fill_between(grid, timed[1], timed[2], alpha=0.2, lw=0, **style)
+    axes[0][0].set_ylabel("best value so far")
+    axes[1][0].set_ylabel("running median of all trials")
+    axes[1][0].set_xlabel("completed trials")
+    axes[1][1].set_xlabel("wall time (minutes)")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{', '.join(groups)}: median over studies, range shaded "
+                 f"({'max' if maximize else 'min'}imize)")
+    fig.tight_layout()
+    fig.savefig(folder / "comparison.png", dpi=100)
+    plt.close(fig)
+
+    rows = "\n".join(
+        f"<tr><td>{html.escape(m.searcher)}</td><td>{len(m.best)}</td>"
+        f"<td>{m.mean:.4g} ± {m.std:.2g}</td>"
+        f"<td>{html.escape(', '.join(f'{b:.4g}' for b in m.best))}</td></tr>"
+        for m in summaries)
+    page = folder / "comparison.html"
+    page.write_text(f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>medtune comparison</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}}</style></head><body>
+<h1>Comparison of {len(study_paths)} studies</h1>
+<table><tr><th>searcher</th><th>studies</th><th>best value, mean ± std</th><th>per study</th></tr>
+{rows}
+</table>
+<figure><img src="comparison.png" alt="comparison"><figcaption>Per searcher, the median over
+its studies (seeds) of the best value so far (top) and of the running median of all trials
+(bottom), against completed trials (left) and wall time (right); the shaded band spans the
+lowest to the highest study. Seed 004 Fig. 2.10.</figcaption></figure>
+</body></html>
+""")
+    return page, summaries
+
+
 def write_report(study_path: str | Path, folder: str | Path | None = None) -> Path:
     """Write ``index.html`` and the PNG plots of a study; returns the HTML path.
 
@@ -483,9 +770,15 @@ def write_report(study_path: str | Path, folder: str | Path | None = None) -> Pa
         trials = _finished(store)
         plots = _plot(store, trials, folder)
         model_section = _figures_html("Model", _plot_model(store, trials, folder))
-        metrics_section = _figures_html("Metrics", _plot_metrics(store, trials, folder))
+        metrics_section = _figures_html("Metrics", _plot_metrics(store, trials, folder)
+                                        + _task_figures(trials, folder))
         results = study_table(store)
         results_section = _results_html(results) if results is not None else ""
+        replayed = study_replay(store, folder)
+        if replayed is not None:
+            results_section += _replay_html(replayed) + _figures_html(
+                "", _plot_replay(replayed, store.direction, folder))
+            (folder / "replay_table.txt").write_text(replayed.table + "\n")
         best = store.best_trial()
         counts = {state.value: sum(t.state == state for t in store.trials()) for state in TrialState}
         rows = "\n".join(

@@ -1,4 +1,5 @@
-"""What ``medtune run``, ``resume``, ``status`` and ``report`` do, on top of the study loop."""
+"""What ``medtune run``, ``resume``, ``status``, ``report`` and ``compare`` do, on top of the
+study loop."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from rich.table import Table
 
 import medtune
 from medtune.config import ConfigError, StudyConfig, load_config, parse_config
-from medtune.report import write_report
+from medtune.errors import MedtuneError
+from medtune.report import study_replay, write_comparison, write_report
 from medtune.search.space import SearchSpace
 from medtune.study.executors import ExecutorError, resolve_objective
 from medtune.study.runner import StudySummary, resume_study, run_study
@@ -48,6 +50,25 @@ def _check_objective(config: StudyConfig) -> None:
         raise ConfigError(f"{config.path or '<config>'}: objective: {exc}") from None
 
 
+def _check_replay(config: StudyConfig) -> None:
+    """A ``[replay]`` table needs a finite space and searchers that accept their options:
+    checked before anything is written, not after the study ran."""
+    if config.replay is None:
+        return
+    where = f"{config.path or '<config>'}: replay"
+    space = SearchSpace.from_dict(config.space, where=f"{config.path or '<config>'}: space")
+    if not space.is_finite:
+        raise ConfigError(f"{where}: replaying needs a finite space (ordinal and categorical "
+                          "parameters, no float ones) whose every model the study trains, e.g. "
+                          'with [searcher] name = "grid"')
+    for name in config.replay.searchers:
+        try:
+            medtune.create("searcher", name, space=space, seed=0, direction=config.direction,
+                           **config.replay.options.get(name, {}))
+        except (MedtuneError, TypeError) as exc:
+            raise ConfigError(f"{where}: searcher {name!r}: {exc}") from None
+
+
 def _run_options(config: StudyConfig) -> dict:
     executor_options = {"address": config.address} if config.address else {}
     return dict(
@@ -60,17 +81,19 @@ def _run_options(config: StudyConfig) -> dict:
     )
 
 
-def run(config_path: str | Path | None, console: Console) -> Path:
+def run(config_path: str | Path | None, console: Console, scale: float | None = None) -> Path:
     """Validate the config, create the study file, run the study, report. Returns the study.
 
-    Without a config, runs the built-in demo study (:data:`DEMO_CONFIG`).
+    Without a config, runs the built-in demo study (:data:`DEMO_CONFIG`). ``scale`` multiplies
+    what the config's ``[scale]`` table lists (a study of its own, ``<name>_x<scale>``).
     """
     if config_path is None:
         config_path = DEMO_CONFIG
         console.print(f"No configuration given: running the built-in demo study ({DEMO_CONFIG.name}).")
-    config = load_config(config_path)
+    config = load_config(config_path, scale)
     build = _searcher_factory(config)
     _check_objective(config)
+    _check_replay(config)
     if config.storage.exists():
         raise ConfigError(
             f"{config.storage} already exists: continue it with `medtune resume {config.storage}` "
@@ -131,6 +154,23 @@ def report(study_path: str | Path, console: Console) -> Path:
     return page
 
 
+def compare(study_paths: list[str | Path], console: Console, out: str | Path | None = None) -> Path:
+    """Write the comparison of several studies (figure and table, see
+    :func:`medtune.report.write_comparison`) and print the best value per searcher; returns
+    the HTML path. ``out`` defaults to ``comparison/`` next to the first study."""
+    folder = Path(out) if out is not None else Path(study_paths[0]).parent / "comparison"
+    page, summaries = write_comparison(study_paths, folder)
+    table = Table(title="best value per searcher over its studies")
+    for column in ("searcher", "studies", "best value (mean ± std)", "per study"):
+        table.add_column(column)
+    for item in summaries:
+        table.add_row(item.searcher, str(len(item.best)), f"{item.mean:.4g} ± {item.std:.2g}",
+                      ", ".join(f"{b:.4g}" for b in item.best))
+    console.print(table)
+    console.print(f"Comparison: {page}")
+    return page
+
+
 def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
     with StudyStore(study_path) as store:
         finished = [t for t in store.trials() if t.state == TrialState.COMPLETE]
@@ -172,4 +212,11 @@ def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
         f"Stopped ({summary.stop_reason}) after {summary.elapsed:.0f} s: {summary.n_complete} "
         f"complete, {summary.n_pruned} pruned, {summary.n_failed} failed. Study file: {study_path}"
     )
-    report(study_path, console)
+    page = report(study_path, console)
+    with StudyStore(study_path) as store:
+        replayed = study_replay(store, page.parent)  # computed by the report just written
+    if replayed is not None:
+        console.print(f"Replayed searches over the {replayed.configurations} models trained "
+                      f"(of {replayed.population}), {replayed.runs} runs each: draws to reach "
+                      "each goal (seed 004 table 2.3)")
+        console.print(replayed.table, highlight=False, soft_wrap=True)

@@ -144,6 +144,24 @@ class TabulatedObjective:
         return cls(space, {space.key(c): function(c) for c in space.enumerate()}, **options)
 
     @classmethod
+    def from_results(
+        cls,
+        space: SearchSpace,
+        results: Iterable[tuple[Mapping[str, Any], float | None]],
+        **options: Any,
+    ) -> TabulatedObjective:
+        """From ``(config, value)`` pairs such as a finished study's trials (a value of None is
+        a failure). Repeated configurations get the mean of their valid values; a configuration
+        of ``space`` that never appears counts as a failure (``missing="fail"``)."""
+        collected: dict[str, list[float]] = {}
+        for config, value in results:
+            values = collected.setdefault(space.key(config), [])
+            if value is not None and math.isfinite(value):
+                values.append(float(value))
+        means = {key: float(np.mean(v)) if v else None for key, v in collected.items()}
+        return cls(space, means, missing="fail", **options)
+
+    @classmethod
     def from_csv(
         cls,
         path: str | Path,

@@ -1,6 +1,7 @@
 """The gallery examples run from their TOML files: glf_small_lesions (seed 002) and
-hyperband_bohb (seed 004, Fig. 2.10). A tiny variant of each (sizes and budgets rewritten in
-the TOML text) runs in CI; the full examples are slow tests."""
+hyperband_bohb (seed 004, Fig. 2.10, its studies then put side by side by `medtune compare`).
+A tiny variant of each (sizes and budgets rewritten in the TOML text) runs in CI; the full
+examples are slow tests."""
 
 from __future__ import annotations
 
@@ -113,6 +114,25 @@ def _check_hyperband(studies: dict[str, list[dict]], epochs: float, budget_level
             assert max(resources) <= epochs, (name, resources)
 
 
+def _compare(folder: Path, seeds: tuple[int, ...], monkeypatch, capsys) -> None:
+    """`medtune compare` over every study of the example: one figure, one row per method whose
+    best value is the mean of its studies' best values."""
+    studies = [folder / "studies" / f"hyperband_bohb_{searcher}_seed{seed}.sqlite"
+               for searcher in ("bayes", "hyperband", "bohb") for seed in seeds]
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["compare", *map(str, studies), "--out", str(folder / "comparison")]) == 0
+    out = capsys.readouterr().out
+    assert (folder / "comparison" / "comparison.png").stat().st_size > 0
+    for searcher in ("bayes", "hyperband", "bohb"):
+        best = []
+        for seed in seeds:
+            with sqlite3.connect(folder / "studies" / f"hyperband_bohb_{searcher}_seed{seed}.sqlite") as db:
+                best.append(db.execute("SELECT MAX(value) FROM trials WHERE state = 'COMPLETE'")
+                            .fetchone()[0])
+        row = next(line for line in out.splitlines() if f" {searcher} " in line)
+        assert f"{sum(best) / len(best):.4g} ± " in row and f" {len(seeds)} " in row, row
+
+
 def test_tiny_glf_small_lesions(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "glf_tiny.toml"
@@ -124,6 +144,7 @@ def test_tiny_hyperband_bohb(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     studies = _run_hyperband(tmp_path, (0,), True, monkeypatch, capsys)
     _check_hyperband(studies, epochs=3, budget_levels=1)
+    _compare(tmp_path, (0,), monkeypatch, capsys)
 
 
 @pytest.mark.slow
@@ -137,3 +158,4 @@ def test_hyperband_bohb_two_seeds_of_each_method(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     studies = _run_hyperband(tmp_path, (0, 1), False, monkeypatch, capsys)
     _check_hyperband(studies, epochs=9, budget_levels=2)
+    _compare(tmp_path, (0, 1), monkeypatch, capsys)

@@ -52,6 +52,16 @@ def test_searcher_options_and_function_objective():
     ('[table]\nrows = ["width"]\ncolumns = ["value"]\n' + MINIMAL, "table.rows: 'width' not in the space"),
     ('[table]\nrows = ["lr"]\ncolumns = [1]\n' + MINIMAL, "table.columns: expected a non-empty list of names"),
     ('[table]\nrows = ["lr"]\ncolumns = ["value"]\nsort = 1\n' + MINIMAL, "table: unknown key(s) sort"),
+    ("[replay]\nruns = 5\n" + MINIMAL, "replay: missing key 'searchers'"),
+    ("[replay]\nsearchers = []\n" + MINIMAL, "replay.searchers: expected a non-empty list"),
+    ('[replay]\nsearchers = ["random"]\nruns = 0\n' + MINIMAL, "replay.runs: expected a positive"),
+    ('[replay]\nsearchers = ["random"]\ngoals = ["nearly best"]\n' + MINIMAL,
+     'replay.goals: expected "best", "within x%" or "top x%"'),
+    ('[replay]\nsearchers = ["random"]\ngoals = ["best 5%"]\n' + MINIMAL, "replay.goals: expected"),
+    ('[replay]\nsearchers = ["random"]\ngoals = ["top 200%"]\n' + MINIMAL, "fraction is in (0, 1]"),
+    ('[replay]\nsearchers = ["random"]\n[replay.options.bayes]\nrestarts = 0\n' + MINIMAL,
+     "replay.options.bayes: 'bayes' is not one of replay.searchers"),
+    ('[replay]\nsearchers = ["random"]\nrepeat = 2\n' + MINIMAL, "replay: unknown key(s) repeat"),
 ])
 def test_errors_name_the_file_and_key(text, message):
     with pytest.raises(ConfigError) as err:
@@ -71,3 +81,15 @@ def test_results_table():
 def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read the configuration"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_replay_table():
+    config = parse_config('[replay]\nsearchers = ["random", "bayes"]\nruns = 50\n'
+                          'goals = ["best", "within 1%", "top 5%"]\n'
+                          '[replay.options.bayes]\nrestarts = 0\n' + MINIMAL)
+    spec = config.replay
+    assert spec.searchers == ("random", "bayes") and spec.runs == 50
+    assert [g.label for g in spec.goals] == ["Best model", "Within 1%", "Top 5%"]
+    assert spec.goals[2].kind == "top" and spec.goals[2].fraction == pytest.approx(0.05)
+    assert spec.options == {"bayes": {"restarts": 0}}
+    assert parse_config(MINIMAL).replay is None
