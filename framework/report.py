@@ -14,8 +14,9 @@ neither.
 
 For trials that return metrics beside their value (see :mod:`medtune.study.executors`): the
 lesion Dice per size bin of the best trial of each loss (seed 002 Fig. 4), when trials report
-``lesion_dice_<bin>``, and the series (per-step trajectories such as the adaptive GLF
-coefficients, seed 002 Fig. 6) of the best trial that reports any.
+``lesion_dice_<bin>``, and the adaptive GLF coefficient trajectories (``glf_*`` series, seed
+002 Fig. 6) of the best trial that reports them. Tasks whose trials carry their own metrics
+(regions, regression, quality, nas) add their figures through :data:`TASK_FIGURES`.
 
 For a study whose configuration has a ``[replay]`` table (see :mod:`medtune.config`): the
 listed searchers replayed many times over the study's tabulated values (seed 004 sec. 2.4,

@@ -4,6 +4,7 @@ cluster, one torch thread for tiny-matrix modules."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -128,3 +129,12 @@ def _forget_cluster(port: int) -> None:
     note = Path(get_ray_address_file(None))
     if note.is_file() and note.read_text().strip().endswith(f":{port}"):
         note.unlink()
+
+
+def rewrite_settings(text: str, settings: dict[str, str]) -> str:
+    """A TOML ``text`` with the line ``key = ...`` of each setting given a new value (each key
+    must occur exactly once; a trailing comment is kept): the tiny variants of the examples."""
+    for key, value in settings.items():
+        text, count = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value} ", text)
+        assert count == 1, key
+    return text

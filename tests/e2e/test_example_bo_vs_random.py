@@ -14,6 +14,7 @@ import pytest
 
 import medtune.report
 from medtune.cli import main
+from tests.conftest import rewrite_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bo_vs_random.toml"
 TINY = {"train_size": "8", "val_size": "8", "epochs": "1", "runs": "20"}
@@ -115,13 +116,6 @@ def test_replay_mistakes_are_refused_before_anything_is_written(tmp_path, monkey
     assert not (tmp_path / "studies").exists()
 
 
-def _rewrite(text: str, settings: dict[str, str]) -> str:
-    for key, value in settings.items():
-        text, count = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value} ", text)
-        assert count == 1, key
-    return text
-
-
 def _check(folder: Path, out: str, runs: int) -> None:
     with sqlite3.connect(folder / "studies" / "bo_vs_random.sqlite") as db:
         rows = db.execute("SELECT state, config FROM trials").fetchall()
@@ -140,7 +134,7 @@ def _check(folder: Path, out: str, runs: int) -> None:
 def test_tiny_bo_vs_random(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "bo_vs_random.toml"
-    path.write_text(_rewrite(EXAMPLE.read_text(), TINY))
+    path.write_text(rewrite_settings(EXAMPLE.read_text(), TINY))
     _check(tmp_path, _run(path, monkeypatch, capsys), runs=20)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medtune.cli import main
+from tests.conftest import rewrite_settings
 from medtune.study.store import StudyStore
 from medtune.tasks.regression import report_figures
 
@@ -20,14 +21,6 @@ TINY = {"train_size": "16", "val_size": "32", "epochs": "1", "image_size": "32",
 WEIGHTINGS = {"none", "inverse_density"}
 METRICS = {"mae_female", "mae_male", "mae_low", "mae_middle", "mae_high", "bias_low",
            "bias_high", "sensitivity", "specificity"}
-
-
-def _rewrite(text: str, settings: dict[str, str]) -> str:
-    """``text`` with the line ``key = ...`` of each setting replaced (each must occur once)."""
-    for key, value in settings.items():
-        text, count = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value} ", text)
-        assert count == 1, key
-    return text
 
 
 def _run_and_check(path: Path, folder: Path, monkeypatch, capsys) -> list[dict]:
@@ -59,7 +52,7 @@ def _run_and_check(path: Path, folder: Path, monkeypatch, capsys) -> list[dict]:
 def test_tiny_density_weighting(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "density_weighting.toml"
-    path.write_text(_rewrite(EXAMPLE.read_text(), TINY))
+    path.write_text(rewrite_settings(EXAMPLE.read_text(), TINY))
     _run_and_check(path, tmp_path, monkeypatch, capsys)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medtune.cli import main
+from tests.conftest import rewrite_settings
 from medtune.study.store import StudyStore
 from medtune.tasks.regions import REGIONS, report_figures
 
@@ -18,14 +19,6 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "l2_sweep.toml"
 #: setting -> value of the tiny variant (one small epoch per trial)
 TINY = {"train_size": "8", "val_size": "4", "epochs": "1", "image_size": "64", "width": "4"}
 DECAYS = {5e-3, 5e-4, 5e-5}
-
-
-def _rewrite(text: str, settings: dict[str, str]) -> str:
-    """``text`` with the line ``key = ...`` of each setting replaced (each must occur once)."""
-    for key, value in settings.items():
-        text, count = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value} ", text)
-        assert count == 1, key
-    return text
 
 
 def _run_and_check(path: Path, folder: Path, monkeypatch, capsys) -> None:
@@ -57,7 +50,7 @@ def _run_and_check(path: Path, folder: Path, monkeypatch, capsys) -> None:
 def test_tiny_l2_sweep(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "l2_sweep.toml"
-    path.write_text(_rewrite(EXAMPLE.read_text(), TINY))
+    path.write_text(rewrite_settings(EXAMPLE.read_text(), TINY))
     _run_and_check(path, tmp_path, monkeypatch, capsys)
 
 

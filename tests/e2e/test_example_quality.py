@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medtune.cli import main
+from tests.conftest import rewrite_settings
 from medtune.study.store import StudyStore, TrialState
 from medtune.tasks.quality import report_figures
 
@@ -22,10 +23,7 @@ COLUMNS = ("mae", "rmse", "rater_mae", "external_r_dice")
 
 
 def _tiny_text() -> str:
-    text = EXAMPLE.read_text()
-    for key, value in TINY.items():
-        text, count = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value} ", text)
-        assert count == 1, key
+    text = rewrite_settings(EXAMPLE.read_text(), TINY)
     for old, new in TINY_CHOICES.items():
         assert text.count(old) == 1, old
         text = text.replace(old, new)
@@ -50,7 +48,8 @@ def _run_and_check(path: Path, folder: Path, trials: int, monkeypatch, capsys) -
         (n, e) for n in ("minmax", "percentile") for e in ("tissue", "brats")}
     for trial in finished:
         metrics = trial.metrics
-        assert trial.value == pytest.approx(metrics["mae"]) and 0 <= metrics["mae"] < float("inf")
+        # one epoch on 8 exams learns nothing yet: the error is only checked to be a real number
+        assert trial.value == pytest.approx(metrics["mae"]) and math.isfinite(metrics["mae"]) and metrics["mae"] >= 0
         assert metrics["rmse"] >= metrics["mae"]
         assert len(metrics["predicted"]) == len(metrics["rated"]) == len(metrics["rated_min"])
         assert all(lo <= r <= hi for lo, r, hi in zip(metrics["rated_min"], metrics["rated"], metrics["rated_max"]))

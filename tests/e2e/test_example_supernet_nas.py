@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from medtune.cli import main
+from tests.conftest import rewrite_settings
 from medtune.plugins.nas.analysis import report_figures
 from medtune.plugins.nas.cells import Cell, enumerate_cells
 from medtune.plugins.nas.tabular import TABLE_SPACE, TableError, load_table, tabulated_objective
@@ -23,14 +24,6 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "supernet_nas.toml"
 TINY = {"steps": "2", "rank_cells": "6", "proxy_images": "32", "recalibration_images": "32",
         "ws_evaluations": "3", "runs": "4", "bootstrap": "5", "repeats": "2"}
 SUBSPACES = {"A1", "A2", "FULL", "RES", "NRES"}
-
-
-def _rewrite(text: str, settings: dict[str, str]) -> str:
-    """``text`` with the line ``key = ...`` of each setting replaced (each must occur once)."""
-    for key, value in settings.items():
-        text, count = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value} ", text)
-        assert count == 1, key
-    return text
 
 
 def _run_and_check(path: Path, folder: Path, monkeypatch, capsys) -> None:
@@ -94,7 +87,7 @@ def test_shipped_table_covers_its_subspace_and_replays():
 def test_tiny_supernet_nas(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "supernet_nas.toml"
-    path.write_text(_rewrite(EXAMPLE.read_text(), TINY))
+    path.write_text(rewrite_settings(EXAMPLE.read_text(), TINY))
     _run_and_check(path, tmp_path, monkeypatch, capsys)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from medtune.cli import main
+from tests.conftest import rewrite_settings
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GLF = EXAMPLES / "glf_small_lesions.toml"
@@ -30,22 +31,14 @@ HYPERBAND_TINY = {"train_size": "8", "val_size": "8", "timeout": "6", "R": "3", 
 BRACKET_KEYS = ("R", "eta", "iterations")
 
 
-def _rewrite(text: str, settings: dict[str, str]) -> str:
-    """``text`` with the line ``key = ...`` of each setting replaced (each must occur once)."""
-    for key, value in settings.items():
-        text, count = re.subn(rf"(?m)^{key} = [^#\n]*", f"{key} = {value} ", text)
-        assert count == 1, key
-    return text
-
-
 def _study_text(searcher: str, seed: int, tiny: bool) -> str:
     """The hyperband_bohb study of one method and seed, written as the TOML's comment says."""
     text = HYPERBAND.read_text()
     if tiny:
-        text = _rewrite(text, HYPERBAND_TINY)
+        text = rewrite_settings(text, HYPERBAND_TINY)
     study, rest = text.split("\n[searcher]\n", 1)
-    study = _rewrite(study, {"name": f'"hyperband_bohb_{searcher}_seed{seed}"', "seed": str(seed)})
-    rest = _rewrite(rest, {"name": f'"{searcher}"'})
+    study = rewrite_settings(study, {"name": f'"hyperband_bohb_{searcher}_seed{seed}"', "seed": str(seed)})
+    rest = rewrite_settings(rest, {"name": f'"{searcher}"'})
     if searcher == "bayes":
         for key in BRACKET_KEYS:
             rest, count = re.subn(rf"(?m)^{key} = .*\n", "", rest)
@@ -136,7 +129,7 @@ def _compare(folder: Path, seeds: tuple[int, ...], monkeypatch, capsys) -> None:
 def test_tiny_glf_small_lesions(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "glf_tiny.toml"
-    path.write_text(_rewrite(GLF.read_text(), GLF_TINY))
+    path.write_text(rewrite_settings(GLF.read_text(), GLF_TINY))
     _check_glf(tmp_path, _run(path, monkeypatch, capsys), repeats=2)
 
 
