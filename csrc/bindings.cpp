@@ -6,6 +6,13 @@ std::tuple<at::Tensor, int64_t> glf_stats_forward(const at::Tensor& pred, const 
                                                   bool labels, int64_t activation);
 at::Tensor glf_stats_backward(const at::Tensor& pred, const at::Tensor& target, bool labels,
                               int64_t activation, const at::Tensor& coef_a, const at::Tensor& coef_b);
+std::tuple<at::Tensor, at::Tensor, int64_t> glf_loss_forward(
+    const at::Tensor& pred, const at::Tensor& target, bool labels, int64_t activation,
+    const at::Tensor& weights, double smooth_nr, double smooth_dr, bool batch);
+at::Tensor glf_loss_backward(const at::Tensor& pred, const at::Tensor& target, bool labels,
+                             int64_t activation, const at::Tensor& weights, const at::Tensor& stats,
+                             const at::Tensor& grad_loss, const at::Tensor& grad_stats,
+                             double smooth_nr, double smooth_dr, bool batch);
 std::tuple<double, bool> chol_append_(const at::Tensor& L_buffer, int64_t n,
                                       const at::Tensor& K_new_old, const at::Tensor& K_new_new,
                                       const at::Tensor& Linv_buffer, double jitter,
@@ -40,6 +47,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(pred [N,C,S], target, labels, activation) -> (stats [N,C,3] float64, invalid label count)");
   m.def("glf_stats_backward", &medtune::glf_stats_backward,
         "(pred, target, labels, activation, a [N,C], b [N,C]) -> grad wrt pred");
+  m.def("glf_loss_forward", &medtune::glf_loss_forward,
+        "(pred [N,C,S], target, labels, activation, weights (w, a, b), smooth_nr, smooth_dr, "
+        "batch) -> (loss [N,C] or [C], stats [N,C,3], invalid label count)");
+  m.def("glf_loss_backward", &medtune::glf_loss_backward,
+        "(pred, target, labels, activation, weights, stats, grad loss, grad stats, smooth_nr, "
+        "smooth_dr, batch) -> grad wrt pred");
   m.def("chol_append_", &medtune::chol_append_,
         "(L_buffer [m,m], n, K_new_old [k,n], K_new_new [k,k], Linv_buffer [m,m] or empty, "
         "jitter, max_tries, floor) -> (jitter added, success); extends the factors in place");

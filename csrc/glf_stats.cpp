@@ -1,6 +1,9 @@
 // glf_stats: per-sample, per-class true-positive, false-positive and false-negative sums of a
 // soft prediction against a soft mask or an integer label map, with an optional fused
 // sigmoid/softmax, in one pass; and its backward, in one pass from the per-class weights.
+// glf_loss_forward/backward wrap the two passes with the overlap ratio loss of the sums and
+// its closed-form derivative, so that a loss step costs two calls instead of a dozen small
+// tensor ops around each pass.
 //
 // Layout: pred [N, C, S] contiguous (S = flattened spatial size); target either dense
 // [N, C, S] of pred's dtype, or a label map [N, S] (class c is `label == c`; with C == 1 the
@@ -8,6 +11,7 @@
 #include "medtune.h"
 
 #include <algorithm>
+#include <vector>
 
 namespace medtune {
 namespace {
@@ -292,6 +296,97 @@ at::Tensor glf_stats_backward(const at::Tensor& pred, const at::Tensor& target, 
     }
   });
   return grad;
+}
+
+// ---- the overlap ratio loss 1 - (w TP + s_nr) / (w TP + a FP + b FN + s_dr) of the sums ----
+
+namespace {
+
+struct RatioLoss {
+  double w, a, b, smooth_nr, smooth_dr;
+
+  RatioLoss(const at::Tensor& weights, double nr, double dr) : smooth_nr(nr), smooth_dr(dr) {
+    TORCH_CHECK(weights.numel() == 3, "glf_loss: weights must hold (w, a, b)");
+    auto v = weights.to(at::kCPU, at::kDouble).contiguous();
+    const double* p = v.data_ptr<double>();
+    w = p[0], a = p[1], b = p[2];
+  }
+};
+
+// The sums [rows, C, 3] the loss is taken of: per sample, or added over the batch (rows = 1).
+std::vector<double> loss_sums(const at::Tensor& stats, bool batch) {
+  auto s = stats.to(at::kDouble).contiguous();
+  const double* p = s.data_ptr<double>();
+  const int64_t N = s.size(0), row = s.size(1) * 3;
+  if (!batch) return std::vector<double>(p, p + N * row);
+  std::vector<double> out(row, 0.0);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t i = 0; i < row; ++i) out[i] += p[n * row + i];
+  return out;
+}
+
+}  // namespace
+
+// Returns (loss [N, C], or [C] with batch; stats [N, C, 3]; number of out-of-range labels),
+// both tensors of pred's dtype.
+std::tuple<at::Tensor, at::Tensor, int64_t> glf_loss_forward(
+    const at::Tensor& pred, const at::Tensor& target, bool labels, int64_t activation,
+    const at::Tensor& weights, double smooth_nr, double smooth_dr, bool batch) {
+  auto [stats, invalid] = glf_stats_forward(pred, target, labels, activation);
+  if (invalid > 0) return {stats, stats, invalid};
+  const RatioLoss f(weights, smooth_nr, smooth_dr);
+  const int64_t N = pred.size(0), C = pred.size(1);
+  const std::vector<double> sums = loss_sums(stats, batch);
+  auto loss = batch ? at::empty({C}, stats.options()) : at::empty({N, C}, stats.options());
+  double* out = loss.data_ptr<double>();
+  for (int64_t i = 0; i < loss.numel(); ++i) {
+    const double tp = sums[i * 3], fp = sums[i * 3 + 1], fn = sums[i * 3 + 2];
+    out[i] = 1.0 - (f.w * tp + f.smooth_nr) / (f.w * tp + f.a * fp + f.b * fn + f.smooth_dr);
+  }
+  return {loss.to(pred.scalar_type()), stats.to(pred.scalar_type()), 0};
+}
+
+// d loss / d pred for the upstream gradients of the loss and of the sums, in one pass.
+at::Tensor glf_loss_backward(const at::Tensor& pred, const at::Tensor& target, bool labels,
+                             int64_t activation, const at::Tensor& weights, const at::Tensor& stats,
+                             const at::Tensor& grad_loss, const at::Tensor& grad_stats,
+                             double smooth_nr, double smooth_dr, bool batch) {
+  const RatioLoss f(weights, smooth_nr, smooth_dr);
+  const int64_t N = pred.size(0), C = pred.size(1);
+  TORCH_CHECK(stats.numel() == N * C * 3 && grad_stats.numel() == N * C * 3,
+              "glf_loss: the sums and their gradient must be [N, C, 3]");
+  TORCH_CHECK(grad_loss.numel() == (batch ? C : N * C), "glf_loss: the loss gradient has the wrong size");
+  const std::vector<double> sums = loss_sums(stats, batch);
+  auto upstream = grad_loss.to(at::kDouble).contiguous();
+  auto upstream_sums = grad_stats.to(at::kDouble).contiguous();
+  const double* gl = upstream.data_ptr<double>();
+  const double* gs = upstream_sums.data_ptr<double>();
+  // dL/d(TP, FP, FN) of each loss entry, with U = w TP + s_nr and D = w TP + a FP + b FN + s_dr
+  std::vector<double> d(sums.size());
+  for (size_t i = 0; i < sums.size() / 3; ++i) {
+    const double tp = sums[i * 3], fp = sums[i * 3 + 1], fn = sums[i * 3 + 2];
+    const double numerator = f.w * tp + f.smooth_nr;
+    const double denominator = f.w * tp + f.a * fp + f.b * fn + f.smooth_dr;
+    const double scale = gl[i] / (denominator * denominator);
+    d[i * 3] = -f.w * (denominator - numerator) * scale;
+    d[i * 3 + 1] = numerator * f.a * scale;
+    d[i * 3 + 2] = numerator * f.b * scale;
+  }
+  // d/dp of (tp, fp, fn) = (g, 1 - g, -g): dL/dp = g_fp + (g_tp - g_fp - g_fn) * g
+  auto coef_a = at::empty({N, C}, upstream.options());
+  auto coef_b = at::empty({N, C}, upstream.options());
+  double* ca = coef_a.data_ptr<double>();
+  double* cb = coef_b.data_ptr<double>();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t c = 0; c < C; ++c) {
+      const double* dl = d.data() + ((batch ? 0 : n) * C + c) * 3;
+      const double* us = gs + (n * C + c) * 3;
+      const double g_tp = us[0] + dl[0], g_fp = us[1] + dl[1], g_fn = us[2] + dl[2];
+      ca[n * C + c] = g_fp;
+      cb[n * C + c] = g_tp - g_fp - g_fn;
+    }
+  }
+  return glf_stats_backward(pred, target, labels, activation, coef_a, coef_b);
 }
 
 }  // namespace medtune

@@ -11,18 +11,37 @@ Effectiveness, and (1 + beta2, alpha_p, beta2 * alpha_n) for the GLF (see
 prediction (activation included) and the target; the backward derives the loss gradient with
 respect to the [N, C] sums in closed form and writes the input gradient in one pass from them.
 Nothing elementwise is kept between forward and backward.
+
+The two steps are the kernel ops ``glf_loss`` and ``glf_loss_backward``: the C++ backend runs
+each as one call (the [N, C] arithmetic next to its pass, so a small input does not pay for a
+dozen tensor ops), the torch and Triton backends compose their ``glf_stats`` passes with the
+same arithmetic written in PyTorch below.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from medtune.errors import KernelError
-from medtune.kernels.dispatch import select
+from medtune.kernels.dispatch import (
+    KernelImpl,
+    register_impl,
+    select,
+    triton_priority,
+    triton_unavailable,
+)
+from medtune.kernels.extension import load_extension, unavailable_reason
 from medtune.kernels.glf_stats import (
     GLFStats,
-    glf_stats_backward_op,
+    _bad_labels,
+    _cpp_inputs,
+    _torch_backward,
+    _torch_forward,
+    _triton_backward,
+    _triton_forward,
     glf_stats_reference,
     output_dtype,
     prepare,
@@ -61,6 +80,80 @@ def _weights(pred: Tensor, *weights: float | Tensor) -> Tensor:
     return torch.stack([torch.as_tensor(w, dtype=dtype, device=pred.device) for w in weights])
 
 
+# --- implementations: the [N, C] arithmetic around a backend's two glf_stats passes ------------
+
+
+def _loss_of_sums(stats: Tensor, weights: Tensor, smooth_nr: float, smooth_dr: float,
+                  batch: bool) -> Tensor:
+    tp_weight, fp_weight, fn_weight = weights
+    return overlap_ratio_loss(
+        GLFStats(*stats.unbind(-1)), tp_weight, fp_weight, fn_weight, smooth_nr, smooth_dr, batch
+    )
+
+
+def _coefficients(stats: Tensor, weights: Tensor, grad_loss: Tensor, grad_stats: Tensor,
+                  smooth_nr: float, smooth_dr: float, batch: bool) -> tuple[Tensor, Tensor]:
+    """(a, b) [N, C] with dL/dp = a + b * g, from the upstream gradients of loss and sums."""
+    tp, fp, fn = stats.unbind(-1)
+    if batch:
+        tp, fp, fn = tp.sum(0), fp.sum(0), fn.sum(0)
+    w, a, b = weights
+    # loss = 1 - U / D with U = w TP + smooth_nr and D = w TP + a FP + b FN + smooth_dr
+    numerator = w * tp + smooth_nr
+    denominator = w * tp + a * fp + b * fn + smooth_dr
+    scale = grad_loss / denominator**2
+    d_tp = -w * (denominator - numerator) * scale
+    d_fp, d_fn = numerator * a * scale, numerator * b * scale
+    g_tp, g_fp, g_fn = (grad_stats + torch.stack([d_tp, d_fp, d_fn], -1)).unbind(-1)
+    # d/dp of (tp, fp, fn) = (g, 1 - g, -g): dL/dp = g_fp + (g_tp - g_fp - g_fn) * g
+    return g_fp.contiguous(), (g_tp - g_fp - g_fn).contiguous()
+
+
+def _composed(stats_forward, stats_backward) -> tuple[Callable, Callable]:
+    """glf_loss forward and backward of a backend from its glf_stats passes."""
+
+    def forward(pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch):
+        stats = stats_forward(pred, target, labels, activation)
+        return _loss_of_sums(stats, weights, smooth_nr, smooth_dr, batch), stats
+
+    def backward(pred, target, labels, activation, weights, stats, grad_loss, grad_stats,
+                 smooth_nr, smooth_dr, batch):
+        a, b = _coefficients(stats, weights, grad_loss, grad_stats, smooth_nr, smooth_dr, batch)
+        return stats_backward(pred, target, labels, activation, a, b)
+
+    return forward, backward
+
+
+def _cpp_forward(pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch):
+    x, t = _cpp_inputs(pred, target, labels)
+    loss, stats, invalid = load_extension().glf_loss_forward(
+        x, t, labels, activation, weights, smooth_nr, smooth_dr, batch
+    )
+    if invalid:
+        raise _bad_labels(target, pred.shape[1])
+    return loss, stats
+
+
+def _cpp_backward(pred, target, labels, activation, weights, stats, grad_loss, grad_stats,
+                  smooth_nr, smooth_dr, batch):
+    x, t = _cpp_inputs(pred, target, labels)
+    grad = load_extension().glf_loss_backward(
+        x, t, labels, activation, weights, stats, grad_loss, grad_stats, smooth_nr, smooth_dr, batch
+    )
+    return grad.to(pred.dtype)
+
+
+# --- registration ----------------------------------------------------------------------------
+
+_TORCH = _composed(_torch_forward, _torch_backward)
+_TRITON = _composed(_triton_forward, _triton_backward)
+for _step, _op in enumerate(("glf_loss", "glf_loss_backward")):
+    register_impl(KernelImpl(_op, "torch", _TORCH[_step], {"*": 0}))
+    register_impl(KernelImpl(_op, "cpp", (_cpp_forward, _cpp_backward)[_step], {"cpu": 10},
+                             unavailable_reason))
+    register_impl(KernelImpl(_op, "triton", _TRITON[_step], triton_priority(), triton_unavailable))
+
+
 @torch.library.custom_op("medtune::glf_loss", mutates_args=())
 def _glf_loss_op(
     pred: Tensor,
@@ -72,12 +165,8 @@ def _glf_loss_op(
     smooth_dr: float,
     batch: bool,
 ) -> tuple[Tensor, Tensor]:
-    stats = select("glf_stats", pred.device.type).fn(pred, target, labels, activation)
-    tp_weight, fp_weight, fn_weight = weights
-    loss = overlap_ratio_loss(
-        GLFStats(*stats.unbind(-1)), tp_weight, fp_weight, fn_weight, smooth_nr, smooth_dr, batch
-    )
-    return loss, stats
+    impl = select("glf_loss", pred.device.type)
+    return impl.fn(pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch)
 
 
 @_glf_loss_op.register_fake
@@ -88,30 +177,42 @@ def _(pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch):
     return loss, pred.new_empty((n, c, 3), dtype=dtype)
 
 
+@torch.library.custom_op("medtune::glf_loss_backward", mutates_args=())
+def _glf_loss_backward_op(
+    pred: Tensor,
+    target: Tensor,
+    labels: bool,
+    activation: int,
+    weights: Tensor,
+    stats: Tensor,
+    grad_loss: Tensor,
+    grad_stats: Tensor,
+    smooth_nr: float,
+    smooth_dr: float,
+    batch: bool,
+) -> Tensor:
+    impl = select("glf_loss_backward", pred.device.type)
+    return impl.fn(pred, target, labels, activation, weights, stats, grad_loss, grad_stats,
+                   smooth_nr, smooth_dr, batch)
+
+
+@_glf_loss_backward_op.register_fake
+def _(pred, target, labels, activation, weights, stats, grad_loss, grad_stats, smooth_nr,
+      smooth_dr, batch):
+    return torch.empty_like(pred)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch = inputs
     ctx.save_for_backward(pred, target, weights, output[1])
     ctx.labels, ctx.activation = labels, activation
-    ctx.smooth_nr, ctx.batch = smooth_nr, batch
-    ctx.smooth_dr = smooth_dr
+    ctx.smooth_nr, ctx.smooth_dr, ctx.batch = smooth_nr, smooth_dr, batch
 
 
 def _backward(ctx, grad_loss: Tensor, grad_stats: Tensor):
     pred, target, weights, stats = ctx.saved_tensors
-    tp, fp, fn = stats.unbind(-1)
-    if ctx.batch:
-        tp, fp, fn = tp.sum(0), fp.sum(0), fn.sum(0)
-    w, a, b = weights
-    # loss = 1 - U / D with U = w TP + smooth_nr and D = w TP + a FP + b FN + smooth_dr
-    numerator = w * tp + ctx.smooth_nr
-    denominator = w * tp + a * fp + b * fn + ctx.smooth_dr
-    scale = grad_loss / denominator**2
-    d_tp = -w * (denominator - numerator) * scale
-    d_fp, d_fn = numerator * a * scale, numerator * b * scale
-    g_tp, g_fp, g_fn = (grad_stats + torch.stack([d_tp, d_fp, d_fn], -1)).unbind(-1)
-    # d/dp of (tp, fp, fn) = (g, 1 - g, -g): dL/dp = g_fp + (g_tp - g_fp - g_fn) * g
-    coef_a, coef_b = g_fp.contiguous(), (g_tp - g_fp - g_fn).contiguous()
-    grad = glf_stats_backward_op(pred, target, ctx.labels, ctx.activation, coef_a, coef_b)
+    grad = _glf_loss_backward_op(pred, target, ctx.labels, ctx.activation, weights, stats,
+                                 grad_loss, grad_stats, ctx.smooth_nr, ctx.smooth_dr, ctx.batch)
     return grad, None, None, None, None, None, None, None
 
 

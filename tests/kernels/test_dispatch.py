@@ -23,6 +23,8 @@ def test_cpu_prefers_the_compiled_kernels():
     backend_or_skip("glf_stats", "cpp")
     assert select("glf_stats", "cpu").backend == "cpp"
     assert select("glf_stats_backward", "cpu").backend == "cpp"
+    assert select("glf_loss", "cpu").backend == "cpp"
+    assert select("glf_loss_backward", "cpu").backend == "cpp"
 
 
 def test_use_backend_overrides_and_restores():
