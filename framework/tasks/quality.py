@@ -12,7 +12,15 @@ copies), rated by a panel of ``raters`` simulated raters:
 
 The data depend on ``data_seed`` only, so every trial of a study sees the same exams and
 ratings; the trial ``seed`` sets the network's initial weights, the batch order and the
-augmentation. ``resource`` overrides the number of epochs.
+augmentation. ``resource`` overrides the number of epochs. Settings (see
+:data:`QUALITY_DEFAULTS`) choose the network (``architecture``, and its width ``init_features``
+/ ``growth_rate``, MONAI's 64 / 32 by default), the training (``optimizer``, peak ``lr`` of the
+one-cycle ``schedule`` or a ``"constant"`` rate, ``weight_decay``, ``epochs``, ``batch_size``,
+``augment``), the inputs (``normalisation``, ``label_encoding``, ``slice_size``) and the data
+(``image_size``, the numbers of exams, ``segmentations`` per exam, ``raters``, ``data_seed``).
+``threads`` > 0 sets PyTorch's intra-op threads for the trial (0 keeps them): the networks of
+a CPU-scale run are made of tiny ops, which extra OpenMP threads slow down by orders of
+magnitude on a CPU busy with other work.
 
 Returned metrics (``value`` is the test MAE, lower is better): ``mae``, ``rmse`` and
 ``pearson_r`` of the predicted against the mean rating on the test segmentations,
@@ -34,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 import medtune
 from medtune.errors import MedtuneError
@@ -56,7 +65,11 @@ QUALITY_DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",
     "normalisation": "percentile",
     "label_encoding": "brats",
+    "init_features": 64,
+    "growth_rate": 32,
     "lr": 1e-3,
+    "schedule": "onecycle",
+    "weight_decay": 0.0,
     "epochs": 6,
     "batch_size": 32,
     "slice_size": 32,
@@ -69,9 +82,10 @@ QUALITY_DEFAULTS: dict[str, Any] = {
     "raters": 5,
     "data_seed": 0,
     "bootstrap": 1000,
+    "threads": 0,
 }
-_POSITIVE = ("lr", "epochs", "batch_size", "slice_size", "image_size", "train_exams", "test_exams",
-             "external_exams", "segmentations", "raters", "bootstrap")
+_POSITIVE = ("init_features", "growth_rate", "lr", "epochs", "batch_size", "slice_size", "image_size",
+             "train_exams", "test_exams", "external_exams", "segmentations", "raters", "bootstrap")
 
 
 def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,6 +97,9 @@ def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in _POSITIVE:
         if not settings[key] > 0:
             raise MedtuneError(f"quality task: {key} must be > 0, got {settings[key]!r}")
+    if not (isinstance(settings["threads"], int) and settings["threads"] >= 0):
+        raise MedtuneError(f"quality task: threads must be a whole number >= 0 (0 keeps PyTorch's setting), "
+                           f"got {settings['threads']!r}")
     if settings["segmentations"] < 2:
         raise MedtuneError("quality task: segmentations must be at least 2 (the truth and one degraded copy)")
     return settings
@@ -130,6 +147,17 @@ def train_quality(config: Mapping[str, Any], resource: float | None = None, seed
                   report: Callable[[float, float], None] | None = None) -> dict[str, float | list[float]]:
     """Train a DQE estimator with ``config`` and score it as the module docstring says."""
     settings = _settings(config)
+    threads = torch.get_num_threads()
+    if settings["threads"]:
+        torch.set_num_threads(settings["threads"])
+    try:
+        return _train_and_score(settings, resource, seed, report)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_and_score(settings: dict[str, Any], resource: float | None, seed: int,
+                     report: Callable[[float, float], None] | None) -> dict[str, float | list[float]]:
     epochs = int(round(resource)) if resource is not None else int(settings["epochs"])
     if epochs < 1:
         raise MedtuneError(f"quality task: the budget must be at least one epoch, got {resource}")
@@ -145,10 +173,12 @@ def train_quality(config: Mapping[str, Any], resource: float | None = None, seed
         "quality_estimator", "dqe", architecture=settings["architecture"], contrasts=train_cases[0].image.shape[0],
         label_encoding=settings["label_encoding"], normalisation=settings["normalisation"],
         slice_size=int(settings["slice_size"]), augment=bool(settings["augment"]), seed=seed,
+        init_features=int(settings["init_features"]), growth_rate=int(settings["growth_rate"]),
     )
     started = time.perf_counter()
     losses = estimator.train(train_cases, train_ratings.mean(1), epochs=epochs, optimizer=settings["optimizer"],
-                             lr=float(settings["lr"]), batch_size=int(settings["batch_size"]), report=report)
+                             lr=float(settings["lr"]), batch_size=int(settings["batch_size"]), report=report,
+                             schedule=str(settings["schedule"]), weight_decay=float(settings["weight_decay"]))
     seconds = time.perf_counter() - started
     if not math.isfinite(losses[-1]):
         return {"value": math.nan}

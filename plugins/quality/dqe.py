@@ -10,13 +10,18 @@ enhancing tumour, tumour core, whole tumour). Images are normalised per channel 
 minimum and maximum (``"minmax"``) or by their 0.5 and 99.5 percentiles, clipped
 (``"percentile"``, nnU-Net's scheme). Training minimises the MSE against the mean rating.
 
-The network is MONAI's DenseNet121 or DenseNet201 (``spatial_dims=2``, one output) whose output
-``o`` maps to the rating ``3.5 + 2.5 o`` (the middle of the 1-6 scale at initialisation).
-After training, the batch-norm statistics are re-estimated on the un-augmented training slices
-(:meth:`DQE.recalibrate`): with the few hundred steps of a CPU-scale training the running
-averages lag far enough behind the weights to make every eval-mode prediction the same.
-Optimisers: Adam, AdamW and SGD with momentum 0.95 (seed 000 also uses Ranger21, which is not
-part of PyTorch and is not offered).
+The network is MONAI's DenseNet121 or DenseNet201 (``spatial_dims=2``, one output): the block
+configurations (6, 12, 24, 16) and (6, 12, 48, 32) of the two depths, with MONAI's widths
+(``init_features=64``, ``growth_rate=32``) by default; smaller widths keep the depths and make a
+CPU-scale training affordable. The network regresses the standardised rating: its output ``o``
+maps to ``mean + scale * o``, where ``mean`` and ``scale`` are the mean and standard deviation
+of the training ratings (before training, the middle and half range of the 1-6 scale).
+Training uses a one-cycle learning-rate schedule (warm-up, then cosine annealing to zero) or a
+constant rate. After training, the batch-norm statistics are re-estimated on the un-augmented
+training slices (:meth:`DQE.recalibrate`): while the weights still move, the running averages
+lag behind them, and eval-mode predictions are shifted by up to several stars even when they
+rank the cases well. Optimisers: Adam, AdamW and SGD with momentum 0.95 (seed 000 also uses
+Ranger21, which is not part of PyTorch and is not offered).
 
 Checkpoints (:meth:`DQE.save`, :meth:`DQE.load`) hold a state dict and a small JSON header of the
 settings; they are read with ``torch.load(weights_only=True)``, so a file that would run code
@@ -46,6 +51,9 @@ NORMALISATIONS = ("minmax", "percentile")
 LABEL_ENCODINGS = {"tissue": 1, "brats": 3}
 VIEWS = ("sagittal", "coronal", "axial")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("onecycle", "constant")
+#: MONAI's dense-block configurations of DenseNet121 and DenseNet201.
+BLOCK_CONFIGS = {"densenet121": (6, 12, 24, 16), "densenet201": (6, 12, 48, 32)}
 #: The ``format`` entry of a DQE checkpoint header.
 CHECKPOINT_FORMAT = "medtune-dqe"
 CHECKPOINT_VERSION = 1
@@ -117,13 +125,14 @@ class DQE:
     ``contrasts`` image channels per case; ``label_encoding`` ``"tissue"`` or ``"brats"``;
     ``normalisation`` ``"minmax"`` or ``"percentile"``; ``slice_size`` the side of the network's
     input slices; ``augment`` turns the training augmentation on; ``seed`` seeds the weights,
-    the batches and the augmentation.
+    the batches and the augmentation; ``init_features`` and ``growth_rate`` set the DenseNet's
+    width (MONAI's defaults 64 and 32; the depth is the architecture's).
     """
 
     def __init__(self, architecture: str = "densenet121", contrasts: int = 4, label_encoding: str = "brats",
                  normalisation: str = "percentile", slice_size: int = 32, augment: bool = True,
-                 seed: int = 0) -> None:
-        from monai.networks.nets import DenseNet121, DenseNet201
+                 seed: int = 0, init_features: int = 64, growth_rate: int = 32) -> None:
+        from monai.networks.nets import DenseNet
 
         self.architecture = _check(architecture, ARCHITECTURES, "architecture")
         self.label_encoding = _check(label_encoding, tuple(LABEL_ENCODINGS), "label_encoding")
@@ -132,10 +141,17 @@ class DQE:
             raise QualityError(f"DQE: contrasts must be >= 1 and slice_size >= 32 (the DenseNet halves "
                                f"it five times), got {contrasts} and {slice_size}")
         self.contrasts, self.slice_size = int(contrasts), int(slice_size)
+        if init_features < 1 or growth_rate < 1:
+            raise QualityError(f"DQE: init_features and growth_rate must be >= 1, got {init_features} and "
+                               f"{growth_rate}")
         self.augment, self.seed = bool(augment), int(seed)
+        self.init_features, self.growth_rate = int(init_features), int(growth_rate)
+        #: rating = rating_mean + rating_scale * network output (both set by :meth:`train`)
+        self.rating_mean, self.rating_scale = _MIDDLE, _HALF_RANGE
         torch.manual_seed(self.seed)
-        network = DenseNet121 if architecture == "densenet121" else DenseNet201
-        self.network = network(spatial_dims=2, in_channels=self.in_channels, out_channels=1)
+        self.network = DenseNet(spatial_dims=2, in_channels=self.in_channels, out_channels=1,
+                                init_features=self.init_features, growth_rate=self.growth_rate,
+                                block_config=BLOCK_CONFIGS[self.architecture])
 
     @property
     def in_channels(self) -> int:
@@ -146,7 +162,8 @@ class DQE:
         """The settings that rebuild this estimator (JSON-able)."""
         return {"architecture": self.architecture, "contrasts": self.contrasts,
                 "label_encoding": self.label_encoding, "normalisation": self.normalisation,
-                "slice_size": self.slice_size, "augment": self.augment, "seed": self.seed}
+                "slice_size": self.slice_size, "augment": self.augment, "seed": self.seed,
+                "init_features": self.init_features, "growth_rate": self.growth_rate}
 
     def slices(self, case: Case) -> torch.Tensor:
         """The network inputs of one case: ``[3 views, in_channels, slice_size, slice_size]``."""
@@ -158,34 +175,43 @@ class DQE:
         return view_slices(torch.from_numpy(volume), centre_of_mass(case.segmentation), self.slice_size)
 
     def _rate(self, inputs: torch.Tensor) -> torch.Tensor:
-        return _MIDDLE + _HALF_RANGE * self.network(inputs)[:, 0]
+        return self.rating_mean + self.rating_scale * self.network(inputs)[:, 0]
 
     def train(self, cases: Sequence[Case], ratings: Sequence[float], epochs: int = 5, optimizer: str = "adam",
               lr: float = 1e-3, batch_size: int = 32, progress: bool = True,
-              report: Callable[[int, float], None] | None = None) -> list[float]:
-        """Fit the network to the mean ``ratings`` of ``cases`` (one per case) with the MSE loss;
-        every view of a case is a training sample. Returns the mean loss of each epoch;
-        ``report(epoch, loss)`` is called after each epoch."""
+              report: Callable[[int, float], None] | None = None, schedule: str = "onecycle",
+              weight_decay: float = 0.0) -> list[float]:
+        """Fit the network to the mean ``ratings`` of ``cases`` (one per case) with the MSE loss
+        on standardised ratings; every view of a case is a training sample. ``lr`` is the peak
+        rate of the ``"onecycle"`` schedule or the rate of the ``"constant"`` one;
+        ``weight_decay`` is passed to the optimiser. Returns the mean loss of each epoch (in
+        squared stars); ``report(epoch, loss)`` is called after each epoch."""
         ratings = np.asarray(ratings, dtype=np.float32).reshape(-1)
         if len(cases) != len(ratings) or len(cases) == 0:
             raise QualityError(f"DQE.train: needs one rating per case, got {len(cases)} cases and "
                                f"{len(ratings)} ratings")
         if not np.isfinite(ratings).all():
             raise QualityError("DQE.train: a rating is NaN or infinite; pass each case's mean rating")
-        if epochs < 1 or batch_size < 1 or lr <= 0:
-            raise QualityError(f"DQE.train: epochs, batch_size and lr must be positive, got {epochs}, "
-                               f"{batch_size}, {lr}")
+        if epochs < 1 or batch_size < 1 or lr <= 0 or weight_decay < 0:
+            raise QualityError(f"DQE.train: epochs, batch_size and lr must be positive and weight_decay >= 0, "
+                               f"got {epochs}, {batch_size}, {lr}, {weight_decay}")
         _check(optimizer, OPTIMIZERS, "optimizer")
+        _check(schedule, SCHEDULES, "schedule")
         inputs = torch.cat([self.slices(case) for case in cases])
         targets = torch.from_numpy(np.repeat(ratings, len(VIEWS)))
+        # a constant rating set (std 0) keeps a unit scale rather than dividing by zero
+        self.rating_mean, self.rating_scale = float(ratings.mean()), max(float(ratings.std()), 0.1)
         parameters = self.network.parameters()
         if optimizer == "sgd":
-            step = torch.optim.SGD(parameters, lr=lr, momentum=0.95)
+            step = torch.optim.SGD(parameters, lr=lr, momentum=0.95, weight_decay=weight_decay)
         else:
-            step = (torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW)(parameters, lr=lr)
+            step = (torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW)(
+                parameters, lr=lr, weight_decay=weight_decay)
         augmentation = SliceAugmentation(self.contrasts, self.seed) if self.augment else None
         generator = torch.Generator().manual_seed(self.seed)
         batches = -(-len(inputs) // batch_size)
+        scheduler = (torch.optim.lr_scheduler.OneCycleLR(step, max_lr=lr, total_steps=epochs * batches)
+                     if schedule == "onecycle" else None)
         losses = []
         columns = (TextColumn("DQE {task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, disable=not progress, transient=True) as bar:
@@ -197,15 +223,19 @@ class DQE:
                 for start in range(0, len(inputs), batch_size):
                     index = order[start:start + batch_size]
                     if len(index) < 2:  # batch norm needs two samples
+                        bar.advance(task)
                         continue
                     batch = inputs[index]
                     if augmentation is not None:
-                        batch = torch.stack([augmentation(sample) for sample in batch])
+                        batch = augmentation.augment_batch(batch)
                     step.zero_grad(set_to_none=True)
-                    loss = F.mse_loss(self._rate(batch), targets[index])
+                    output = self.network(batch)[:, 0]
+                    loss = F.mse_loss(output, (targets[index] - self.rating_mean) / self.rating_scale)
                     loss.backward()
                     step.step()
-                    total += loss.detach().item() * len(index)
+                    if scheduler is not None:
+                        scheduler.step()
+                    total += loss.detach().item() * len(index) * self.rating_scale ** 2
                     bar.advance(task)
                 losses.append(total / len(inputs))
                 if report is not None:
@@ -268,9 +298,10 @@ class DQE:
         return self._rate(F.interpolate(inputs, size=size, mode="bilinear", align_corners=False))
 
     def save(self, path: str | Path) -> None:
-        """Write a checkpoint: the network's state dict and the settings header."""
+        """Write a checkpoint: the network's state dict, the settings header and the rating scale."""
         torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                    "header": json.dumps(self.header()), "state_dict": self.network.state_dict()}, path)
+                    "header": json.dumps(self.header()), "state_dict": self.network.state_dict(),
+                    "ratings": json.dumps({"mean": self.rating_mean, "scale": self.rating_scale})}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> "DQE":
@@ -292,5 +323,8 @@ class DQE:
                                f"reads version {CHECKPOINT_VERSION}")
         estimator = cls(**json.loads(payload["header"]))
         estimator.network.load_state_dict(payload["state_dict"])
+        if "ratings" in payload:
+            scale = json.loads(payload["ratings"])
+            estimator.rating_mean, estimator.rating_scale = float(scale["mean"]), float(scale["scale"])
         estimator.network.eval()
         return estimator

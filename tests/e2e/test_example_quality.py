@@ -1,6 +1,7 @@
 """The quality_estimation example (seed 000, table 1) runs from its TOML file: a tiny variant
-(sizes rewritten in the TOML text, one architecture) in the default run, the shipped file as a
-slow test. Checks the study, the results table and the report figures."""
+(sizes rewritten in the TOML text, one architecture, one optimiser) in the default run, the
+shipped file as a slow test that also checks that every configuration learns. Checks the study,
+the results table and the report figures."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from medtune.cli import main
@@ -17,8 +19,9 @@ from medtune.tasks.quality import report_figures
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quality_estimation.toml"
 TINY = {"image_size": "32", "train_exams": "3", "test_exams": "2", "external_exams": "2", "epochs": "1"}
-#: the tiny run keeps one architecture: 4 trainings
-TINY_CHOICES = {'choices = ["densenet121", "densenet201"]': 'choices = ["densenet121"]'}
+#: the tiny run keeps one architecture and one optimiser: 4 trainings
+TINY_CHOICES = {'choices = ["densenet121", "densenet201"]': 'choices = ["densenet121"]',
+                'choices = ["adam", "sgd"]': 'choices = ["adam"]'}
 COLUMNS = ("mae", "rmse", "rater_mae", "external_r_dice")
 
 
@@ -30,7 +33,7 @@ def _tiny_text() -> str:
     return text
 
 
-def _run_and_check(path: Path, folder: Path, trials: int, monkeypatch, capsys) -> None:
+def _run_and_check(path: Path, folder: Path, trials: int, monkeypatch, capsys, learns: bool = False) -> None:
     monkeypatch.setenv("COLUMNS", "250")
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
@@ -46,6 +49,7 @@ def _run_and_check(path: Path, folder: Path, trials: int, monkeypatch, capsys) -
     assert len(finished) == trials and all(t.state == TrialState.COMPLETE for t in finished)
     assert {(t.config["normalisation"], t.config["label_encoding"]) for t in finished} == {
         (n, e) for n in ("minmax", "percentile") for e in ("tissue", "brats")}
+    assert len({tuple(sorted(t.config.items())) for t in finished}) == trials  # no configuration twice
     for trial in finished:
         metrics = trial.metrics
         # one epoch on 8 exams learns nothing yet: the error is only checked to be a real number
@@ -57,6 +61,12 @@ def _run_and_check(path: Path, folder: Path, trials: int, monkeypatch, capsys) -
         if "pearson_r" in metrics:
             assert metrics["pearson_low"] <= metrics["pearson_r"] <= metrics["pearson_high"]
         assert math.isfinite(metrics["seconds_training"])
+        if learns:  # the shipped size: every configuration's r is positive, with its interval
+            assert metrics["pearson_low"] > 0 and metrics["pearson_r"] > 0.4
+    if learns:  # and the best one clearly beats the best constant prediction (the held-out median)
+        best = min(finished, key=lambda t: t.value)
+        rated = np.asarray(best.metrics["rated"])
+        assert best.value < 0.8 * np.abs(rated - np.median(rated)).mean()
     plots = folder / "plots"
     plots.mkdir()
     figures = report_figures(finished, plots)
@@ -75,4 +85,4 @@ def test_tiny_quality_estimation(tmp_path, monkeypatch, capsys):
 @pytest.mark.slow
 def test_quality_estimation(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    _run_and_check(EXAMPLE, tmp_path, 8, monkeypatch, capsys)
+    _run_and_check(EXAMPLE, tmp_path, 16, monkeypatch, capsys, learns=True)
