@@ -6,10 +6,13 @@ first ``in_channels`` input channels, the first ``out_channels`` filters and the
 ``kernel x kernel`` crop of each (elastic width = first channels, elastic kernel = centre crop).
 ``supernet_conv(input, weight, bias, segments, stride, depthwise)`` runs, in one call, a
 different sub-path for each of several consecutive slices of the batch (``segments``), reading
-the crop and the prefix in place from the shared weight: no weight is copied or sliced in
-Python and no stock convolution is called per sub-path (except by the PyTorch backend, which is
-the reference). Padding is "same" (``kernel // 2``), so every sub-path gives the same output
-size; output channels beyond a segment's ``out_channels`` are zero.
+the crop and the prefix as views of the shared weight: the shared weight is never copied or
+modified. The C++ backend runs each segment as one ATen (oneDNN) convolution on its view, from
+C++ (no Python per segment); the Triton kernels address the crop and prefix through the weight's
+strides. Padding is "same" (``kernel // 2``), so every sub-path gives the same output size;
+output channels beyond a segment's ``out_channels`` are zero. The input may be contiguous or
+channels-last; the output follows its layout (channels-last lets oneDNN skip layout reorders on
+the CPU).
 
 OFA's kernel transformation matrices (a 5x5 kernel is the centre crop of the 7x7 kernel times
 a learned 25x25 matrix, a 3x3 kernel the crop of the transformed 5x5 times a 9x9 matrix) are
@@ -153,6 +156,11 @@ def check_segments(input: Tensor, weight: Tensor, bias: Tensor | None, segments:
     return out
 
 
+def _layout(t: Tensor) -> torch.memory_format:
+    """channels-last when the channels of ``t`` are its fastest dimension, else contiguous."""
+    return torch.channels_last if t.shape[1] > 1 and t.stride(1) == 1 else torch.contiguous_format
+
+
 def _flatten(segments: list[Segment]) -> list[int]:
     return [v for seg in segments for v in seg]
 
@@ -196,7 +204,8 @@ def supernet_conv_reference(input: Tensor, weight: Tensor, bias: Tensor | None,
 def _torch_forward(input: Tensor, weight: Tensor, bias: Tensor | None, segments: list[int],
                    stride: int, depthwise: bool) -> Tensor:
     n, _, h, w = input.shape
-    out = input.new_zeros((n, weight.shape[0], output_size(h, stride), output_size(w, stride)))
+    out = input.new_zeros((n, weight.shape[0], output_size(h, stride), output_size(w, stride))
+                          ).contiguous(memory_format=_layout(input))
     for seg in _unflatten(segments):
         channels = seg.out_channels if depthwise else seg.in_channels
         out[seg.batch_start:seg.batch_end, :seg.out_channels] = F.conv2d(
@@ -377,6 +386,8 @@ def _per_sample(segments: list[int], n: int, device: torch.device) -> Tensor:
 
 def _triton_forward(input: Tensor, weight: Tensor, bias: Tensor | None, segments: list[int],
                     stride: int, depthwise: bool) -> Tensor:
+    layout = _layout(input)
+    input = input.contiguous()
     n, c_in, h, w = input.shape
     c_out, k = weight.shape[0], weight.shape[2]
     ho, wo = output_size(h, stride), output_size(w, stride)
@@ -387,12 +398,14 @@ def _triton_forward(input: Tensor, weight: Tensor, bias: Tensor | None, segments
         input, weight, bias if bias is not None else weight, out, params, c_in, h, w, c_out, ho,
         wo, k, *weight.stride(), stride, HAS_BIAS=bias is not None, DEPTHWISE=depthwise,
         BLOCK=TRITON_BLOCK)
-    return out
+    return out.contiguous(memory_format=layout)
 
 
 def _triton_backward(grad_out: Tensor, input: Tensor, weight: Tensor, segments: list[int],
                      stride: int, depthwise: bool, need_input: bool, need_weight: bool,
                      need_bias: bool) -> list[Tensor]:
+    layout = _layout(input)
+    input = input.contiguous()
     n, c_in, h, w = input.shape
     c_out, ci, k = weight.shape[0], weight.shape[1], weight.shape[2]
     ho, wo = grad_out.shape[2:]
@@ -404,6 +417,7 @@ def _triton_backward(grad_out: Tensor, input: Tensor, weight: Tensor, segments: 
         _supernet_conv_grad_input_kernel[(n * c_in, triton.cdiv(h * w, TRITON_BLOCK))](
             grad_out, weight, grad_input, params, c_in, h, w, c_out, ho, wo, k, *weight.stride(),
             stride, DEPTHWISE=depthwise, BLOCK=TRITON_BLOCK)
+        grad_input = grad_input.contiguous(memory_format=layout)
     grad_weight = weight.new_empty(0)
     grad_bias = weight.new_empty(0)
     if need_weight or need_bias:
@@ -427,8 +441,8 @@ def _cpp_backward(grad_out: Tensor, input: Tensor, weight: Tensor, segments: lis
                   stride: int, depthwise: bool, need_input: bool, need_weight: bool,
                   need_bias: bool) -> list[Tensor]:
     return list(load_extension().supernet_conv_backward(
-        grad_out.contiguous(), input, weight, segments, stride, depthwise, need_input,
-        need_weight, need_bias))
+        grad_out, input, weight, segments, stride, depthwise, need_input, need_weight,
+        need_bias))
 
 
 # --- registration ----------------------------------------------------------------------------
@@ -454,7 +468,8 @@ def _supernet_conv_op(input: Tensor, weight: Tensor, bias: Tensor | None, segmen
 def _(input: Tensor, weight: Tensor, bias: Tensor | None, segments: list[int], stride: int,
       depthwise: bool) -> Tensor:
     n, _, h, w = input.shape
-    return input.new_empty((n, weight.shape[0], output_size(h, stride), output_size(w, stride)))
+    return input.new_empty((n, weight.shape[0], output_size(h, stride), output_size(w, stride))
+                           ).contiguous(memory_format=_layout(input))
 
 
 @torch.library.custom_op("medtune::supernet_conv_backward", mutates_args=())
@@ -485,7 +500,8 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_out: Tensor):
     input, weight = ctx.saved_tensors
     need = ctx.needs_input_grad
-    grads = supernet_conv_backward_op(grad_out.contiguous(), input, weight, ctx.segments,
+    grads = supernet_conv_backward_op(grad_out.contiguous(memory_format=_layout(input)), input,
+                                      weight, ctx.segments,
                                       ctx.stride, ctx.depthwise, need[0], need[1], need[2])
     return (grads[0] if need[0] else None, grads[1] if need[1] else None,
             grads[2] if need[2] else None, None, None, None)
@@ -502,8 +518,9 @@ def supernet_conv(input: Tensor, weight: Tensor, bias: Tensor | None, segments: 
     """Convolve slices of a batch with sub-paths of one shared super-net weight, in one call.
 
     Args:
-        input: [N, C, H, W], float32/float64. A segment reads its first ``in_channels``
-            channels (depthwise: its first ``out_channels``).
+        input: [N, C, H, W], float32/float64, contiguous or channels-last (the output
+            follows its layout). A segment reads its first ``in_channels`` channels
+            (depthwise: its first ``out_channels``).
         weight: the shared weight [C_out_max, C_in_max, K_max, K_max], or [C_max, 1, K_max,
             K_max] when ``depthwise``; K_max odd. Any strides: the crop and the channel
             prefix are read in place.
@@ -528,4 +545,5 @@ def supernet_conv(input: Tensor, weight: Tensor, bias: Tensor | None, segments: 
             dtypes or devices.
     """
     segs = check_segments(input, weight, bias, segments, stride, depthwise)
-    return _supernet_conv_op(input.contiguous(), weight, bias, _flatten(segs), stride, depthwise)
+    return _supernet_conv_op(input.contiguous(memory_format=_layout(input)), weight, bias,
+                             _flatten(segs), stride, depthwise)

@@ -243,9 +243,15 @@ class ElasticConv2d(nn.Module):
         return current
 
     def forward(self, x: Tensor, segments: list[tuple[int, int, int, int, int]]) -> Tensor:
-        """Run ``segments`` (batch_start, batch_end, kernel, in_channels, out_channels)."""
+        """Run ``segments`` (batch_start, batch_end, kernel, in_channels, out_channels).
+
+        The op receives the prefix of the shared weight (a view) that the widest segment uses,
+        so its output has that many channels rather than the layer's maximum."""
+        widest_out = max(seg[4] for seg in segments)
+        widest_in = 1 if self.depthwise else max(seg[3] for seg in segments)
         if not self.transforms:
-            return supernet_conv(x, self.weight, None, segments, self.stride, self.depthwise)
+            return supernet_conv(x, self.weight[:widest_out, :widest_in], None, segments,
+                                 self.stride, self.depthwise)
         outputs, run = [], [segments[0]]
         for seg in segments[1:] + [None]:
             if seg is not None and seg[2] == run[0][2]:
@@ -253,8 +259,8 @@ class ElasticConv2d(nn.Module):
                 continue
             start = run[0][0]
             local = [(a - start, b - start, k, i, o) for a, b, k, i, o in run]
-            outputs.append(supernet_conv(x[start:run[-1][1]], self.kernel(run[0][2]), None, local,
-                                         self.stride, self.depthwise))
+            outputs.append(supernet_conv(x[start:run[-1][1]], self.kernel(run[0][2])[:widest_out],
+                                         None, local, self.stride, self.depthwise))
             run = [seg]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
@@ -344,12 +350,17 @@ class ElasticSuperNet(nn.Module):
                              "counts must add up to the batch size")
         return slices
 
+    def stem_conv(self, x: Tensor) -> Tensor:
+        """The stem convolution of images ``x``, in channels-last layout: every later layer keeps
+        it, so oneDNN runs the convolutions without reordering their inputs and outputs."""
+        y = self.stem(x, [(0, x.shape[0], 3, x.shape[1], self.stem_bn.num_features)])
+        return y.contiguous(memory_format=torch.channels_last)
+
     def features(self, x: Tensor, arch: Architecture | None = None,
                  archs: Sequence[tuple[Architecture, int]] | None = None) -> Tensor:
         """The pooled features [N, widths[-1]] before the head."""
         slices = self._slices(x, arch, archs)
-        n = x.shape[0]
-        y = self.stem(x, [(0, n, 3, x.shape[1], self.stem_bn.num_features)])
+        y = self.stem_conv(x)
         y = F.relu6(_norm(self.stem_bn, y, [(a, e, self.stem_bn.num_features)
                                             for a, e, _ in slices]))
         for s, blocks in enumerate(self.stages):

@@ -5,9 +5,13 @@ A super-net's running statistics are shared by every sub-network and match none 
 exactly and without side effects:
 
 - :func:`recalibrate` runs forward passes in which every batch-norm layer normalises by the
-  current batch statistics (as in training) while accumulating the exact per-channel sum and sum
-  of squares of its input over all batches and pixels. Running buffers, ``num_batches_tracked``,
+  current batch statistics (as in training) while recording the exact per-channel mean and
+  variance of its input over all batches and pixels (each batch's statistics come out of the
+  normalisation itself and are combined in float64). Running buffers, ``num_batches_tracked``,
   parameters and training flags are never touched and the model is never copied.
+- :func:`normalise_by_batch` and :func:`normalise_by_statistics` are the two batch-norm steps
+  (recalibration, evaluation) as functions, for callers that run the layers themselves
+  (:mod:`medtune.plugins.nas.ranking`).
 - :func:`use_statistics` swaps the recalibrated statistics into the running buffers (the first
   ``C`` entries, so layers of elastic width that use a prefix of their channels work too) for
   evaluation and restores the buffers afterwards.
@@ -34,8 +38,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = [
     "BNStatistics",
     "LayerStatistics",
+    "StatisticsAccumulator",
     "StatisticsCache",
     "batch_norm_layers",
+    "normalise_by_batch",
+    "normalise_by_statistics",
     "recalibrate",
     "use_statistics",
 ]
@@ -75,58 +82,94 @@ def batch_norm_layers(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     return [(name, module) for name, module in model.named_modules() if isinstance(module, _BatchNorm)]
 
 
-class _Accumulator:
-    """Per-channel float64 sum, sum of squares and element count of a layer's inputs."""
+class StatisticsAccumulator:
+    """Exact per-channel mean and variance of a layer's inputs over several batches.
+
+    Each batch contributes its mean, unbiased variance and element count per channel (as batch
+    norm computes them, with float64 accumulation on the CPU); batches are combined in float64
+    with the pairwise update of Chan et al., so the result is the statistics of the union.
+    """
 
     def __init__(self) -> None:
-        self.total: torch.Tensor | None = None
-        self.total_squares: torch.Tensor | None = None
+        self.mean: torch.Tensor | None = None
+        self.sum_squared_deviations: torch.Tensor | None = None
         self.count = 0
 
-    def add(self, values: torch.Tensor) -> None:
-        """Add the input of one forward call ([N, C, ...]) to the running sums."""
-        dims = [d for d in range(values.dim()) if d != 1]
-        as_double = values.detach().to(torch.float64)
-        total = as_double.sum(dim=dims)
-        squares = (as_double * as_double).sum(dim=dims)
-        count = values.numel() // values.shape[1]
-        if self.total is None:
-            self.total, self.total_squares = total, squares
-        elif self.total.numel() != total.numel():
+    def add(self, mean: torch.Tensor, unbiased_var: torch.Tensor, count: int) -> None:
+        """Add one batch: its per-channel ``mean``, ``unbiased_var`` and elements per channel."""
+        if self.mean is not None and self.mean.numel() != mean.numel():
             raise ValueError(
-                f"a batch-norm layer received {total.numel()} channels after {self.total.numel()} "
+                f"a batch-norm layer received {mean.numel()} channels after {self.mean.numel()} "
                 "in the same recalibration; recalibrate each architecture separately"
             )
-        else:
-            self.total = self.total + total
-            self.total_squares = self.total_squares + squares
-        self.count += count
+        batch_mean = mean.detach().to(torch.float64)
+        batch_squares = unbiased_var.detach().to(torch.float64) * (count - 1)
+        if self.mean is None:
+            self.mean, self.sum_squared_deviations, self.count = batch_mean, batch_squares, count
+            return
+        total = self.count + count
+        delta = batch_mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.sum_squared_deviations = (self.sum_squared_deviations + batch_squares
+                                       + delta * delta * (self.count * count / total))
+        self.count = total
 
     def statistics(self, dtype: torch.dtype) -> LayerStatistics:
         """Mean and biased variance of everything added so far."""
-        assert self.total is not None and self.total_squares is not None
-        mean = self.total / self.count
-        var = (self.total_squares / self.count - mean * mean).clamp_min(0.0)
-        return LayerStatistics(mean=mean.to(dtype), var=var.to(dtype), count=self.count)
+        if self.mean is None or self.sum_squared_deviations is None:
+            raise ValueError("no batch was added; run at least one batch through the layer")
+        var = (self.sum_squared_deviations / self.count).clamp_min(0.0)
+        return LayerStatistics(mean=self.mean.to(dtype), var=var.to(dtype), count=self.count)
 
 
-def _batch_statistics_forward(layer: _BatchNorm, accumulator: _Accumulator) -> Callable:
-    """A forward for ``layer`` that normalises by batch statistics and records its input."""
+def normalise_by_batch(layer: _BatchNorm, values: torch.Tensor,
+                       accumulator: StatisticsAccumulator) -> torch.Tensor:
+    """Batch norm of ``values`` by their own statistics (training-mode normalisation with the
+    first ``C`` affine parameters of ``layer``), adding those statistics to ``accumulator``.
+
+    The statistics come out of the normalisation itself (batch norm writes them into fresh
+    buffers with momentum 1), so recording them costs no extra pass over ``values``.
+    """
+    if values.dim() < 2:
+        raise ValueError(f"batch-norm input must be [N, C, ...], got shape {tuple(values.shape)}")
+    channels = values.shape[1]
+    if channels > layer.num_features:
+        raise ValueError(
+            f"batch-norm layer with {layer.num_features} features received {channels} channels"
+        )
+    count = values.numel() // channels
+    if count < 2:
+        raise ValueError(
+            f"batch-norm statistics need more than one value per channel, got input shape "
+            f"{tuple(values.shape)}; recalibrate with a larger batch"
+        )
+    mean = values.new_zeros(channels)
+    unbiased_var = values.new_ones(channels)
+    weight = layer.weight[:channels] if layer.weight is not None else None
+    bias = layer.bias[:channels] if layer.bias is not None else None
+    output = batch_norm(values, mean, unbiased_var, weight, bias, True, 1.0, layer.eps)
+    accumulator.add(mean, unbiased_var, count)
+    return output
+
+
+def normalise_by_statistics(layer: _BatchNorm, values: torch.Tensor,
+                            stats: LayerStatistics) -> torch.Tensor:
+    """Evaluation-mode batch norm of ``values`` with recalibrated ``stats``: the same result as
+    ``layer`` in eval mode inside :func:`use_statistics`, without touching its buffers."""
+    channels = values.shape[1]
+    if channels != stats.channels:
+        raise ValueError(f"the statistics cover {stats.channels} channels but the input has "
+                         f"{channels}; use the statistics of this architecture's layer")
+    weight = layer.weight[:channels] if layer.weight is not None else None
+    bias = layer.bias[:channels] if layer.bias is not None else None
+    return batch_norm(values, stats.mean, stats.unbiased_var, weight, bias, False, 0.0, layer.eps)
+
+
+def _batch_statistics_forward(layer: _BatchNorm, accumulator: StatisticsAccumulator) -> Callable:
+    """A forward for ``layer`` that normalises by batch statistics and records them."""
 
     def forward(values: torch.Tensor) -> torch.Tensor:
-        if values.dim() < 2:
-            raise ValueError(
-                f"batch-norm input must be [N, C, ...], got shape {tuple(values.shape)}"
-            )
-        channels = values.shape[1]
-        if channels > layer.num_features:
-            raise ValueError(
-                f"batch-norm layer with {layer.num_features} features received {channels} channels"
-            )
-        accumulator.add(values)
-        weight = layer.weight[:channels] if layer.weight is not None else None
-        bias = layer.bias[:channels] if layer.bias is not None else None
-        return batch_norm(values, None, None, weight, bias, True, 0.0, layer.eps)
+        return normalise_by_batch(layer, values, accumulator)
 
     return forward
 
@@ -159,7 +202,7 @@ def recalibrate(
             return net(batch[0] if isinstance(batch, (tuple, list)) else batch)
 
     layers = batch_norm_layers(model)
-    accumulators = {name: _Accumulator() for name, _ in layers}
+    accumulators = {name: StatisticsAccumulator() for name, _ in layers}
     patched: list[_BatchNorm] = []
     try:
         for name, layer in layers:

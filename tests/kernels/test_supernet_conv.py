@@ -128,6 +128,40 @@ def test_weight_is_read_in_place_from_a_strided_view():
             torch.testing.assert_close(supernet_conv(x, view, b, segments), expected)
 
 
+@pytest.mark.parametrize("backend", SLOW_TRITON)
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_channels_last_input_matches_reference_and_keeps_its_layout(backend, depthwise):
+    """A channels-last input (also a channel slice of one) gives the reference's values and
+    gradients, and the output and the input gradient are channels-last too."""
+    backend_or_skip("supernet_conv", backend)
+    x, w, b = _tensors(4, depthwise, torch.float32, 11, size=(5, 6))
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    segments = [(0, 3, 5, 4, 4), (3, 4, 3, 5, 5)] if depthwise else [(0, 3, 5, 4, 6),
+                                                                     (3, 4, 3, 5, 2)]
+    for stride in (1, 2):
+        got_in, ref_in = _leaves((x_last, w, b)), _leaves((x, w, b))
+        expected = supernet_conv_reference(*ref_in, segments, stride, depthwise)
+        with use_backend(backend):
+            got = supernet_conv(*got_in, segments, stride, depthwise)
+            single = supernet_conv(got_in[0], got_in[1], got_in[2],
+                                   [(0, 4, 3, C_OUT if depthwise else C_IN, C_OUT)], stride,
+                                   depthwise)
+            sliced = supernet_conv(x_last[:, :5], w, b, [(0, 4, 3, 5, 5)], stride, depthwise)
+        assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
+        assert single.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(sliced, supernet_conv_reference(
+            x[:, :5], w, b, [(0, 4, 3, 5, 5)], stride, depthwise), rtol=1e-4, atol=1e-4)
+        weights = torch.randn_like(expected)
+        (weights * expected).sum().backward()
+        with use_backend(backend):
+            (weights * got).sum().backward()
+        assert got_in[0].grad.is_contiguous(memory_format=torch.channels_last)
+        for g, e in zip(got_in, ref_in):
+            torch.testing.assert_close(g.grad, e.grad, rtol=1e-4, atol=1e-4 * max(
+                1.0, float(e.grad.abs().max())))
+
+
 @pytest.mark.parametrize("segments,message", [
     ([], "segments is empty"),
     ([(0, 2, 3, 2, 2)], "must cover the whole batch"),
