@@ -468,6 +468,8 @@ def _register_case(shape: tuple[int, ...]) -> Case:
 # forward in training mode (cumulative average, one batch: the exact statistics), then evaluates.
 
 NAS_ARCHITECTURES = 64
+NAS_QUICK_ARCHITECTURES = 8  # ranked on the quick shape (a smoke test), told apart by its image side
+NAS_IMAGE_SIDE = 32  # the full case's image side
 NAS_CALIBRATION_SHARE = 3  # one image in three recalibrates, the others are evaluated
 NAS_CLASSES = 4
 
@@ -483,7 +485,8 @@ def _nas_setup(pred: Tensor) -> tuple:
     net = ElasticSuperNet(space, in_channels=pred.shape[1], num_classes=NAS_CLASSES).to(
         pred.device).eval()
     rng = np.random.default_rng(0)
-    return net, [space.sample(rng) for _ in range(NAS_ARCHITECTURES)]
+    count = NAS_ARCHITECTURES if pred.shape[-1] >= NAS_IMAGE_SIDE else NAS_QUICK_ARCHITECTURES
+    return net, [space.sample(rng) for _ in range(count)]
 
 
 def _nas_split(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -562,7 +565,7 @@ def _nas_ranking_case(shape: tuple[int, ...]) -> Case:
     return Case(
         name="nas_ranking",
         title=f"nas_ranking: {NAS_ARCHITECTURES} architectures of an OFA-like super-net, BN "
-              "recalibrated and evaluated",
+              f"recalibrated and evaluated ({NAS_QUICK_ARCHITECTURES} in a quick run)",
         modes=(FORWARD,),
         implementations=(
             Implementation("medtune", "medtune rank_architectures: shared-prefix trie, "
