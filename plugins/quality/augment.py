@@ -58,7 +58,28 @@ def _range(values: Sequence[float], what: str) -> tuple[float, float]:
     return low, high
 
 
-class RandGhosting(RandomizableTransform):
+class _KSpaceArtefact(RandomizableTransform):
+    """An MR artefact made in k-space along a phase-encoding axis (``self.axis``, drawn by
+    ``randomize`` with the artefact's other parameters)."""
+
+    axis = 0
+
+    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
+        """The corrupted copy of ``image`` ``[C, H, W]`` (``image`` itself when not drawn)."""
+        if randomize:
+            self.randomize()
+        image = torch.as_tensor(image)
+        if not self._do_transform:
+            return image
+        spectrum = _spectrum(image)
+        return _image(self._corrupt(image, spectrum, spectrum.shape[-2 + self.axis])).to(image.dtype)
+
+    def _corrupt(self, image: torch.Tensor, spectrum: torch.Tensor, size: int) -> torch.Tensor:
+        """The corrupted ``spectrum`` of ``image`` (``size`` lines along ``self.axis``)."""
+        raise NotImplementedError
+
+
+class RandGhosting(_KSpaceArtefact):
     """MR ghosting of a ``[C, H, W]`` image (as TorchIO's ``RandomGhosting``): with probability
     ``prob``, every n-th line of k-space along a random phase-encoding axis (n drawn from
     ``num_ghosts``) is scaled by ``1 - s`` (s drawn from ``intensity``), except the central
@@ -86,24 +107,16 @@ class RandGhosting(RandomizableTransform):
             self.strength = float(self.R.uniform(*self.intensity))
             self.axis = int(self.R.randint(2))
 
-    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        """The ghosted copy of ``image`` ``[C, H, W]`` (``image`` itself when not drawn)."""
-        if randomize:
-            self.randomize()
-        image = torch.as_tensor(image)
-        if not self._do_transform:
-            return image
-        spectrum = _spectrum(image)
-        size = spectrum.shape[-2 + self.axis]
+    def _corrupt(self, image: torch.Tensor, spectrum: torch.Tensor, size: int) -> torch.Tensor:
         factor = torch.ones(size)
         factor[:: self.ghosts] = 1 - self.strength
         keep = int(round(self.restore * size / 2))
         factor[size // 2 - keep: size // 2 + keep + 1] = 1
         shape = (-1, 1) if self.axis == 0 else (1, -1)
-        return _image(spectrum * factor.reshape(shape)).to(image.dtype)
+        return spectrum * factor.reshape(shape)
 
 
-class RandMotion(RandomizableTransform):
+class RandMotion(_KSpaceArtefact):
     """MR motion of a ``[C, H, W]`` image (as TorchIO's ``RandomMotion``): with probability
     ``prob``, the patient moves ``transforms`` times during the acquisition; each position is a
     rotation up to ``degrees`` and a translation up to ``translation`` pixels, and successive
@@ -144,21 +157,13 @@ class RandMotion(RandomizableTransform):
         grid = F.affine_grid(theta[None], [1, *image.shape], align_corners=False)
         return F.grid_sample(image.float()[None], grid, padding_mode="border", align_corners=False)[0]
 
-    def __call__(self, image: torch.Tensor, randomize: bool = True) -> torch.Tensor:
-        """The moved copy of ``image`` ``[C, H, W]`` (``image`` itself when not drawn)."""
-        if randomize:
-            self.randomize()
-        image = torch.as_tensor(image)
-        if not self._do_transform:
-            return image
-        spectrum = _spectrum(image)
-        size = spectrum.shape[-2 + self.axis]
+    def _corrupt(self, image: torch.Tensor, spectrum: torch.Tensor, size: int) -> torch.Tensor:
         for move, cut in zip(self.moves, self.cuts):
             start = int(round(cut * size))
             lines = [slice(None)] * spectrum.ndim
             lines[-2 + self.axis] = slice(start, None)
             spectrum[tuple(lines)] = _spectrum(self._moved(image, *move))[tuple(lines)]
-        return _image(spectrum).to(image.dtype)
+        return spectrum
 
 
 class SliceAugmentation:

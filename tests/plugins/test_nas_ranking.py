@@ -11,25 +11,13 @@ from torch import nn
 from medtune.plugins.nas.elastic import Architecture, ElasticSpace, ElasticSuperNet
 from medtune.plugins.nas.ranking import evaluate_architectures, rank_architectures
 from medtune.plugins.nas.recalibration import recalibrate, use_statistics
+from tests.plugins.test_nas_elastic import _net as _elastic_net
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net() -> ElasticSuperNet:
-    torch.manual_seed(0)
-    net = ElasticSuperNet(ElasticSpace(2), in_channels=1, num_classes=3, stem_channels=4,
-                          widths=(4, 6), strides=(1, 2))
-    with torch.no_grad():  # non-trivial batch-norm parameters, statistics and transforms
-        for module in net.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.2)
-                module.running_mean.normal_(0, 0.3)
-                module.running_var.uniform_(0.5, 2.0)
-        for name, p in net.named_parameters():
-            if "transforms" in name:
-                p.add_(0.1 * torch.randn_like(p))
-    return net.eval()
+    return _elastic_net().eval()
 
 
 def _images(n: int, seed: int) -> torch.Tensor:
