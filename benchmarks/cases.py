@@ -508,52 +508,46 @@ def _medtune_nas_ranking() -> Computation:
     return rank
 
 
-def _one_at_a_time_nas_ranking() -> Computation:
-    from medtune.plugins.nas.recalibration import recalibrate, use_statistics
-
+def _per_architecture(accuracy) -> Computation:
+    """A ranking that scores the architectures one by one with ``accuracy(net, arch,
+    calibration, images, labels)``."""
     state: dict = {}
 
     def rank(pred: Tensor, target: Tensor) -> Tensor:
         if "net" not in state:
             state["net"], state["archs"] = _nas_setup(pred)
-        net, archs = state["net"], state["archs"]
         calibration, images, labels = _nas_split(pred, target)
-        accuracies = []
         with torch.no_grad():
-            for arch in archs:
-                stats = recalibrate(net, [calibration], forward=lambda m, x: m(x, arch))
-                with use_statistics(net, stats):
-                    correct = net(images, arch).argmax(1) == labels
-                accuracies.append(correct.float().mean())
-        return torch.stack(accuracies)
+            return torch.stack([accuracy(state["net"], arch, calibration, images, labels)
+                                for arch in state["archs"]])
 
     return rank
+
+
+def _one_at_a_time_nas_ranking() -> Computation:
+    from medtune.plugins.nas.recalibration import recalibrate, use_statistics
+
+    def accuracy(net, arch, calibration: Tensor, images: Tensor, labels: Tensor) -> Tensor:
+        stats = recalibrate(net, [calibration], forward=lambda m, x: m(x, arch))
+        with use_statistics(net, stats):
+            return (net(images, arch).argmax(1) == labels).float().mean()
+
+    return _per_architecture(accuracy)
 
 
 def _deepcopy_nas_ranking() -> Computation:
     import copy
 
-    state: dict = {}
+    def accuracy(net, arch, calibration: Tensor, images: Tensor, labels: Tensor) -> Tensor:
+        sub = copy.deepcopy(net.export(arch))
+        for module in sub.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None  # cumulative average over the batches
+        sub.train()(calibration)
+        return (sub.eval()(images).argmax(1) == labels).float().mean()
 
-    def rank(pred: Tensor, target: Tensor) -> Tensor:
-        if "net" not in state:
-            state["net"], state["archs"] = _nas_setup(pred)
-        net, archs = state["net"], state["archs"]
-        calibration, images, labels = _nas_split(pred, target)
-        accuracies = []
-        with torch.no_grad():
-            for arch in archs:
-                sub = copy.deepcopy(net.export(arch))
-                for module in sub.modules():
-                    if isinstance(module, torch.nn.BatchNorm2d):
-                        module.reset_running_stats()
-                        module.momentum = None  # cumulative average over the batches
-                sub.train()(calibration)
-                correct = sub.eval()(images).argmax(1) == labels
-                accuracies.append(correct.float().mean())
-        return torch.stack(accuracies)
-
-    return rank
+    return _per_architecture(accuracy)
 
 
 def _class_labels(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
