@@ -27,6 +27,24 @@ inline double dot(const scalar_t* a, const scalar_t* b, int64_t len) {
   return sum;
 }
 
+// The dot products of four consecutive rows of L (leading dimension ld) with one vector: four
+// memory streams at once keep more loads in flight than one row at a time, and each element
+// of the vector is loaded once for four rows.
+template <typename scalar_t>
+inline void dot4(const scalar_t* rows, int64_t ld, const scalar_t* b, int64_t len, double* sums) {
+  const scalar_t *a0 = rows, *a1 = rows + ld, *a2 = rows + 2 * ld, *a3 = rows + 3 * ld;
+  double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+  for (int64_t j = 0; j < len; ++j) {
+    const double v = static_cast<double>(b[j]);
+    s0 += static_cast<double>(a0[j]) * v;
+    s1 += static_cast<double>(a1[j]) * v;
+    s2 += static_cast<double>(a2[j]) * v;
+    s3 += static_cast<double>(a3[j]) * v;
+  }
+  sums[0] = s0, sums[1] = s1, sums[2] = s2, sums[3] = s3;
+}
+
 // Solves L x_r = rhs_r for the k rows of x [k, n] in place (x holds K_kn on entry).
 template <typename scalar_t>
 void forward_substitution(const scalar_t* L, int64_t ld, scalar_t* x, int64_t n, int64_t k) {
@@ -35,7 +53,14 @@ void forward_substitution(const scalar_t* L, int64_t ld, scalar_t* x, int64_t n,
     if (i0 > 0) {
       const int64_t grain = std::max<int64_t>(1, kParallelGrain / (i0 * k));
       at::parallel_for(i0, i1, grain, [&](int64_t lo, int64_t hi) {
-        for (int64_t i = lo; i < hi; ++i)
+        int64_t i = lo;
+        for (; i + 4 <= hi; i += 4)
+          for (int64_t r = 0; r < k; ++r) {
+            double sums[4];
+            dot4(L + i * ld, ld, x + r * n, i0, sums);
+            for (int64_t q = 0; q < 4; ++q) x[r * n + i + q] -= sums[q];
+          }
+        for (; i < hi; ++i)
           for (int64_t r = 0; r < k; ++r) x[r * n + i] -= dot(L + i * ld, x + r * n, i0);
       });
     }
@@ -94,7 +119,8 @@ void write_new_rows(scalar_t* buffer, int64_t m, const scalar_t* bottom_left,
   }
 }
 
-// M [k, n] = B L^-1: M[r, j] = sum_{i >= j} B[r, i] Linv[i, j], parallel over column ranges.
+// M [k, n] = B L^-1: M[r, j] = sum_{i >= j} B[r, i] Linv[i, j], parallel over column ranges;
+// below a range's triangle, four rows of L^-1 are added at once (one pass over M for four).
 template <typename scalar_t>
 void times_lower(const scalar_t* B, const scalar_t* Linv, int64_t ld, int64_t n, int64_t k,
                  double* M) {
@@ -104,15 +130,36 @@ void times_lower(const scalar_t* B, const scalar_t* Linv, int64_t ld, int64_t n,
   at::parallel_for(0, blocks, grain, [&](int64_t lo, int64_t hi) {
     for (int64_t blk = lo; blk < hi; ++blk) {
       const int64_t j0 = blk * kColumnBlock, j1 = std::min(n, j0 + kColumnBlock);
-      for (int64_t i = j0; i < n; ++i) {
+      int64_t i = j0;
+      for (; i < std::min(n, j1); ++i) {  // the block's triangle: row i ends at column i
         const scalar_t* row = Linv + i * ld;
-        const int64_t end = std::min(j1, i + 1);
         for (int64_t r = 0; r < k; ++r) {
           const double b = static_cast<double>(B[r * n + i]);
           double* mr = M + r * n;
 #pragma omp simd
-          for (int64_t j = j0; j < end; ++j) mr[j] += b * static_cast<double>(row[j]);
+          for (int64_t j = j0; j <= i; ++j) mr[j] += b * static_cast<double>(row[j]);
         }
+      }
+      for (; i < n; ++i) {  // below it, full rows of the block, four at a time when possible
+        const int64_t rows = std::min<int64_t>(4, n - i);
+        const scalar_t* a0 = Linv + i * ld;
+        for (int64_t r = 0; r < k; ++r) {
+          const scalar_t* b = B + r * n + i;
+          double* mr = M + r * n;
+          if (rows == 4) {
+            const scalar_t *a1 = a0 + ld, *a2 = a0 + 2 * ld, *a3 = a0 + 3 * ld;
+            const double b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
+#pragma omp simd
+            for (int64_t j = j0; j < j1; ++j)
+              mr[j] += b0 * static_cast<double>(a0[j]) + b1 * static_cast<double>(a1[j]) +
+                       b2 * static_cast<double>(a2[j]) + b3 * static_cast<double>(a3[j]);
+          } else {
+            const double b0 = b[0];
+#pragma omp simd
+            for (int64_t j = j0; j < j1; ++j) mr[j] += b0 * static_cast<double>(a0[j]);
+          }
+        }
+        i += rows - 1;
       }
     }
   });
