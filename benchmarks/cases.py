@@ -289,6 +289,7 @@ def _chol_append_case(size: int) -> Case:
             f"the first {s[0]} points in [{s[0] + 1}, {s[0] + 1}] buffers, extended in place"
         ),
         kernel_op="chol_append",
+        speedup_target=100.0 if size == 4000 else None,
     )
 
 

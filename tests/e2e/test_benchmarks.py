@@ -94,3 +94,35 @@ def test_unknown_case_is_refused_with_a_suggestion():
     assert result.returncode == 2
     assert "unknown case 'glf_loss_sigmod'" in result.stderr
     assert "did you mean 'glf_loss_sigmoid'" in result.stderr
+
+
+def _timed_row(key: str, label: str, median_ms: float):
+    from benchmarks.memory import MemoryResult
+    from benchmarks.report import Row
+    from benchmarks.timing import Timing
+
+    return Row(key, label, Timing((median_ms,) * 3, 1), MemoryResult(0), None)
+
+
+def test_speed_up_targets_are_judged_on_forward_only_cases_too():
+    """chol_append and nas_ranking are measured forward only; their targets must still be
+    judged (on that mode), as forward+backward cases are judged on forward+backward."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.cases import CASES, FORWARD
+    from benchmarks.report import Section, Table, _targets
+
+    case = CASES["chol_append_4000"]
+    assert case.speedup_target == 100.0 and case.modes == (FORWARD,)
+
+    def section(append_ms: float) -> Section:
+        rows = (
+            _timed_row("append", "append", append_ms),
+            _timed_row("refactor", "refactor", 350.0),
+        )
+        table = Table(case, FORWARD, "inputs", 8, 8, rows)
+        return Section("cpu", [], [table], quick=False, peak_gbps=None)
+
+    (met,) = [line for line in _targets(section(3.0)) if "faster" in line]
+    assert "116.7× faster than refactor; target ≥ 100×: met." in met
+    (missed,) = [line for line in _targets(section(5.0)) if "faster" in line]
+    assert "70.0× faster" in missed and "**NOT MET**" in missed
