@@ -650,11 +650,14 @@ def _curves(trials: list[Trial], maximize: bool) -> dict[str, list[float]]:
 
 
 def _band(curves: list[list[float]]) -> tuple[list[float], list[float], list[float]]:
-    """Median, minimum and maximum over curves of unequal length (shorter ones end)."""
+    """Median, minimum and maximum over curves of unequal length. A shorter curve (a study
+    that stopped after fewer trials) holds its last value: otherwise the median would jump
+    whenever a study drops out, and a median of best-so-far curves could fall."""
     length = max(len(c) for c in curves)
     median, low, high = [], [], []
     for i in range(length):
-        column = [c[i] for c in curves if i < len(c) and not math.isnan(c[i])]
+        column = [c[min(i, len(c) - 1)] for c in curves if c]
+        column = [v for v in column if not math.isnan(v)]
         median.append(statistics.median(column) if column else math.nan)
         low.append(min(column) if column else math.nan)
         high.append(max(column) if column else math.nan)
@@ -662,13 +665,13 @@ def _band(curves: list[list[float]]) -> tuple[list[float], list[float], list[flo
 
 
 def _on_grid(minutes: list[float], values: list[float], grid: list[float]) -> list[float]:
-    """A step curve (value held from each time on) sampled at ``grid``; NaN before its start
-    and after its last time."""
+    """A step curve (value held from each time on, the last one to the end of the grid, as
+    a stopped study keeps its result) sampled at ``grid``; NaN before its start."""
     out, j = [], -1
     for time in grid:
         while j + 1 < len(minutes) and minutes[j + 1] <= time:
             j += 1
-        out.append(values[j] if 0 <= j and time <= minutes[-1] else math.nan)
+        out.append(values[j] if 0 <= j else math.nan)
     return out
 
 
@@ -679,7 +682,9 @@ def write_comparison(study_paths: Sequence[str | Path], folder: str | Path) -> t
 
     The figure has four panels: best value so far and running median of all trials, against
     completed trials and against wall time; per searcher the median over its studies (seeds)
-    with the range between the lowest and highest shaded. All studies must share a direction.
+    with the range between the lowest and highest shaded. A study that stopped earlier than
+    others (fewer trials, or less time) keeps its last value to the end of the panel. All
+    studies must share a direction.
     """
     if not study_paths:
         raise ReportError("compare needs at least one study file")
@@ -752,7 +757,8 @@ td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}}</style></head><bod
 <figure><img src="comparison.png" alt="comparison"><figcaption>Per searcher, the median over
 its studies (seeds) of the best value so far (top) and of the running median of all trials
 (bottom), against completed trials (left) and wall time (right); the shaded band spans the
-lowest to the highest study. Seed 004 Fig. 2.10.</figcaption></figure>
+lowest to the highest study; a study that stopped earlier keeps its last value. Seed 004
+Fig. 2.10.</figcaption></figure>
 </body></html>
 """)
     return page, summaries

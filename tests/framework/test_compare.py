@@ -91,9 +91,11 @@ def test_mixed_directions_and_empty_studies_are_refused(tmp_path, monkeypatch, c
 
 
 def test_band_and_time_grid():
-    median, low, high = _band([[1.0, 2.0, 3.0], [3.0, 4.0], [math.nan, 0.0, 5.0]])
-    assert median == [2.0, 2.0, 4.0] and low == [1.0, 0.0, 3.0] and high == [3.0, 4.0, 5.0]
-    # a step curve held from each time on, absent before its start and after its end
+    # a study that stopped after two trials holds its last value: at the fourth trial the
+    # column is (4, 9, 4), not (9, 4), so the median of best-so-far curves cannot fall
+    median, low, high = _band([[1.0, 2.0, 3.0, 4.0], [3.0, 9.0], [math.nan, 0.0, 5.0, 4.0]])
+    assert median == [2.0, 2.0, 5.0, 4.0] and low == [1.0, 0.0, 3.0, 4.0]
+    assert high == [3.0, 9.0, 9.0, 9.0]
+    # a step curve held from each time on (the last value to the end), absent before its start
     sampled = _on_grid([1.0, 2.0], [10.0, 20.0], [0.5, 1.0, 1.5, 2.0, 2.5])
-    assert math.isnan(sampled[0]) and sampled[1:4] == [10.0, 10.0, 20.0]
-    assert math.isnan(sampled[4])
+    assert math.isnan(sampled[0]) and sampled[1:] == [10.0, 10.0, 20.0, 20.0]
