@@ -130,37 +130,30 @@ void times_lower(const scalar_t* B, const scalar_t* Linv, int64_t ld, int64_t n,
   at::parallel_for(0, blocks, grain, [&](int64_t lo, int64_t hi) {
     for (int64_t blk = lo; blk < hi; ++blk) {
       const int64_t j0 = blk * kColumnBlock, j1 = std::min(n, j0 + kColumnBlock);
-      int64_t i = j0;
-      for (; i < std::min(n, j1); ++i) {  // the block's triangle: row i ends at column i
+      const auto add_row = [&](int64_t i, int64_t end) {  // columns j0 .. end-1 of row i
         const scalar_t* row = Linv + i * ld;
         for (int64_t r = 0; r < k; ++r) {
           const double b = static_cast<double>(B[r * n + i]);
           double* mr = M + r * n;
 #pragma omp simd
-          for (int64_t j = j0; j <= i; ++j) mr[j] += b * static_cast<double>(row[j]);
+          for (int64_t j = j0; j < end; ++j) mr[j] += b * static_cast<double>(row[j]);
         }
-      }
-      for (; i < n; ++i) {  // below it, full rows of the block, four at a time when possible
-        const int64_t rows = std::min<int64_t>(4, n - i);
-        const scalar_t* a0 = Linv + i * ld;
+      };
+      int64_t i = j0;
+      for (; i < j1; ++i) add_row(i, i + 1);  // the block's triangle: row i ends at column i
+      for (; i + 4 <= n; i += 4) {  // below it, full rows of the block, four at a time
+        const scalar_t *a0 = Linv + i * ld, *a1 = a0 + ld, *a2 = a0 + 2 * ld, *a3 = a0 + 3 * ld;
         for (int64_t r = 0; r < k; ++r) {
           const scalar_t* b = B + r * n + i;
+          const double b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
           double* mr = M + r * n;
-          if (rows == 4) {
-            const scalar_t *a1 = a0 + ld, *a2 = a0 + 2 * ld, *a3 = a0 + 3 * ld;
-            const double b0 = b[0], b1 = b[1], b2 = b[2], b3 = b[3];
 #pragma omp simd
-            for (int64_t j = j0; j < j1; ++j)
-              mr[j] += b0 * static_cast<double>(a0[j]) + b1 * static_cast<double>(a1[j]) +
-                       b2 * static_cast<double>(a2[j]) + b3 * static_cast<double>(a3[j]);
-          } else {
-            const double b0 = b[0];
-#pragma omp simd
-            for (int64_t j = j0; j < j1; ++j) mr[j] += b0 * static_cast<double>(a0[j]);
-          }
+          for (int64_t j = j0; j < j1; ++j)
+            mr[j] += b0 * static_cast<double>(a0[j]) + b1 * static_cast<double>(a1[j]) +
+                     b2 * static_cast<double>(a2[j]) + b3 * static_cast<double>(a3[j]);
         }
-        i += rows - 1;
       }
+      for (; i < n; ++i) add_row(i, j1);  // the last rows, one at a time
     }
   });
 }
