@@ -107,7 +107,6 @@ def _timed_row(key: str, label: str, median_ms: float):
 def test_speed_up_targets_are_judged_on_forward_only_cases_too():
     """chol_append and nas_ranking are measured forward only; their targets must still be
     judged (on that mode), as forward+backward cases are judged on forward+backward."""
-    sys.path.insert(0, str(ROOT))
     from benchmarks.cases import CASES, FORWARD
     from benchmarks.report import Section, Table, _targets
 

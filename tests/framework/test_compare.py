@@ -91,8 +91,8 @@ def test_mixed_directions_and_empty_studies_are_refused(tmp_path, monkeypatch, c
 
 
 def test_band_and_time_grid():
-    # a study that stopped after two trials holds its last value: at the fourth trial the
-    # column is (4, 9, 4), not (9, 4), so the median of best-so-far curves cannot fall
+    # a study that stopped after two trials holds its last value: at the third trial the
+    # column is (3, 9, 5), not (3, 5), so the median of best-so-far curves cannot fall
     median, low, high = _band([[1.0, 2.0, 3.0, 4.0], [3.0, 9.0], [math.nan, 0.0, 5.0, 4.0]])
     assert median == [2.0, 2.0, 5.0, 4.0] and low == [1.0, 0.0, 3.0, 4.0]
     assert high == [3.0, 9.0, 9.0, 9.0]
