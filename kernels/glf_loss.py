@@ -28,6 +28,8 @@ from torch import Tensor
 from medtune.errors import KernelError
 from medtune.kernels.dispatch import (
     KernelImpl,
+    eager_call,
+    eager_function,
     register_impl,
     select,
     triton_priority,
@@ -77,6 +79,8 @@ def _weights(pred: Tensor, *weights: float | Tensor) -> Tensor:
                 "(weight.detach())"
             )
     dtype = output_dtype(pred)
+    if not any(isinstance(weight, Tensor) for weight in weights):  # one small tensor, not four
+        return torch.tensor(weights, dtype=dtype, device=pred.device)
     return torch.stack([torch.as_tensor(w, dtype=dtype, device=pred.device) for w in weights])
 
 
@@ -154,6 +158,18 @@ for _step, _op in enumerate(("glf_loss", "glf_loss_backward")):
     register_impl(KernelImpl(_op, "triton", _TRITON[_step], triton_priority(), triton_unavailable))
 
 
+def _forward(pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch):
+    impl = select("glf_loss", pred.device.type)
+    return impl.fn(pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch)
+
+
+def _backward_pass(pred, target, labels, activation, weights, stats, grad_loss, grad_stats,
+                   smooth_nr, smooth_dr, batch):
+    impl = select("glf_loss_backward", pred.device.type)
+    return impl.fn(pred, target, labels, activation, weights, stats, grad_loss, grad_stats,
+                   smooth_nr, smooth_dr, batch)
+
+
 @torch.library.custom_op("medtune::glf_loss", mutates_args=())
 def _glf_loss_op(
     pred: Tensor,
@@ -165,8 +181,7 @@ def _glf_loss_op(
     smooth_dr: float,
     batch: bool,
 ) -> tuple[Tensor, Tensor]:
-    impl = select("glf_loss", pred.device.type)
-    return impl.fn(pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch)
+    return _forward(pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch)
 
 
 @_glf_loss_op.register_fake
@@ -191,9 +206,8 @@ def _glf_loss_backward_op(
     smooth_dr: float,
     batch: bool,
 ) -> Tensor:
-    impl = select("glf_loss_backward", pred.device.type)
-    return impl.fn(pred, target, labels, activation, weights, stats, grad_loss, grad_stats,
-                   smooth_nr, smooth_dr, batch)
+    return _backward_pass(pred, target, labels, activation, weights, stats, grad_loss, grad_stats,
+                          smooth_nr, smooth_dr, batch)
 
 
 @_glf_loss_backward_op.register_fake
@@ -211,12 +225,17 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_loss: Tensor, grad_stats: Tensor):
     pred, target, weights, stats = ctx.saved_tensors
-    grad = _glf_loss_backward_op(pred, target, ctx.labels, ctx.activation, weights, stats,
-                                 grad_loss, grad_stats, ctx.smooth_nr, ctx.smooth_dr, ctx.batch)
+    step = _backward_pass if eager_call(pred, grad_loss, grad_stats) else _glf_loss_backward_op
+    grad = step(pred, target, ctx.labels, ctx.activation, weights, stats, grad_loss, grad_stats,
+                ctx.smooth_nr, ctx.smooth_dr, ctx.batch)
     return grad, None, None, None, None, None, None, None
 
 
 _glf_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# eager calls on plain tensors skip the custom-op dispatcher (see dispatch.eager_call)
+_EagerGLFLoss = eager_function("GLFLoss", _forward, _setup_context, _backward)
 
 
 def glf_loss(
@@ -240,7 +259,8 @@ def glf_loss(
     """
     prepared = prepare(input, target, activation)
     weights = _weights(input, tp_weight, fp_weight, fn_weight)
-    loss, stats = _glf_loss_op(*prepared, weights, float(smooth_nr), float(smooth_dr), batch)
+    op = _EagerGLFLoss.apply if eager_call(prepared.pred, prepared.target) else _glf_loss_op
+    loss, stats = op(*prepared, weights, float(smooth_nr), float(smooth_dr), batch)
     return loss, GLFStats(stats[..., 0], stats[..., 1], stats[..., 2])
 
 

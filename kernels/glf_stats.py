@@ -24,6 +24,8 @@ from torch import Tensor
 from medtune.errors import KernelError
 from medtune.kernels.dispatch import (
     KernelImpl,
+    eager_call,
+    eager_function,
     register_impl,
     select,
     triton_priority,
@@ -331,9 +333,19 @@ for _op, _torch_fn, _cpp_fn, _triton_fn in (
     register_impl(KernelImpl(_op, "triton", _triton_fn, triton_priority(), triton_unavailable))
 
 
+def _forward(pred: Tensor, target: Tensor, labels: bool, activation: int) -> Tensor:
+    return select("glf_stats", pred.device.type).fn(pred, target, labels, activation)
+
+
+def _backward_pass(
+    pred: Tensor, target: Tensor, labels: bool, activation: int, a: Tensor, b: Tensor
+) -> Tensor:
+    return select("glf_stats_backward", pred.device.type).fn(pred, target, labels, activation, a, b)
+
+
 @torch.library.custom_op("medtune::glf_stats", mutates_args=())
 def _glf_stats_op(pred: Tensor, target: Tensor, labels: bool, activation: int) -> Tensor:
-    return select("glf_stats", pred.device.type).fn(pred, target, labels, activation)
+    return _forward(pred, target, labels, activation)
 
 
 @_glf_stats_op.register_fake
@@ -350,8 +362,7 @@ def glf_stats_backward_op(
     With a = dL/dFP and b = dL/dTP - dL/dFP - dL/dFN this is dL/dpred for any loss L of the
     confusion sums (used by the backward of ``glf_stats`` and of ``glf_loss``).
     """
-    impl = select("glf_stats_backward", pred.device.type)
-    return impl.fn(pred, target, labels, activation, a, b)
+    return _backward_pass(pred, target, labels, activation, a, b)
 
 
 @glf_stats_backward_op.register_fake
@@ -370,11 +381,15 @@ def _backward(ctx, grad_stats: Tensor):
     g_tp, g_fp, g_fn = grad_stats.unbind(-1)
     # d/dp of (tp, fp, fn) = (g, 1 - g, -g): dL/dp = g_fp + (g_tp - g_fp - g_fn) * g
     a, b = g_fp.contiguous(), (g_tp - g_fp - g_fn).contiguous()
-    grad = glf_stats_backward_op(pred, target, ctx.labels, ctx.activation, a, b)
-    return grad, None, None, None
+    step = _backward_pass if eager_call(pred, grad_stats) else glf_stats_backward_op
+    return step(pred, target, ctx.labels, ctx.activation, a, b), None, None, None
 
 
 _glf_stats_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# eager calls on plain tensors skip the custom-op dispatcher (see dispatch.eager_call)
+_EagerGLFStats = eager_function("GLFStats", _forward, _setup_context, _backward)
 
 
 def glf_stats(pred: Tensor, target: Tensor, activation: str = "none") -> GLFStats:
@@ -391,5 +406,6 @@ def glf_stats(pred: Tensor, target: Tensor, activation: str = "none") -> GLFStat
         for float64 ``pred`` and float32 otherwise; differentiable with respect to ``pred``.
     """
     prepared = prepare(pred, target, activation)
-    stats = _glf_stats_op(*prepared)
+    op = _EagerGLFStats.apply if eager_call(prepared.pred, prepared.target) else _glf_stats_op
+    stats = op(*prepared)
     return GLFStats(stats[..., 0], stats[..., 1], stats[..., 2])

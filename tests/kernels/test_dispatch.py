@@ -115,3 +115,23 @@ def test_fallback_without_compiler_warns_once_and_stays_correct(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ERROR:" in out.stdout
+
+
+def test_eager_call_only_for_plain_eager_tensors():
+    """The front-ends skip the custom-op dispatcher only where nothing traces or transforms the
+    call: torch.func transforms, meta and fake tensors must go through the op."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    plain = torch.ones(3)
+    assert dispatch.eager_call(plain, None)
+    assert not dispatch.eager_call(torch.ones(3, device="meta"))
+    with FakeTensorMode() as mode:
+        assert not dispatch.eager_call(mode.from_tensor(plain))
+    seen = []
+
+    def f(x):
+        seen.append(dispatch.eager_call(x))
+        return x.sum()
+
+    torch.func.grad(f)(plain)
+    assert seen == [False]
