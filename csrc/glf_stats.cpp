@@ -77,10 +77,12 @@ void chunk_sums(const scalar_t* x, const Target& target, int64_t n, int64_t C, i
   }
 }
 
-// Per-voxel softmax statistics of one block: channel max and sum of exp(x - max).
+// Softmax of one block of `len` voxels over the C channels: prob [C, kBlock] holds p_c of each
+// voxel. Every exponential is taken once (then scaled by 1 / sum), so a pass costs C
+// exponentials per voxel, not 2C.
 template <typename scalar_t>
-void softmax_block(const scalar_t* x0, int64_t C, int64_t S, int64_t len, scalar_t* mx,
-                   scalar_t* den) {
+void softmax_block(const scalar_t* x0, int64_t C, int64_t S, int64_t len, scalar_t* prob) {
+  scalar_t mx[kBlock], den[kBlock];
   for (int64_t i = 0; i < len; ++i) mx[i] = x0[i], den[i] = 0;
   for (int64_t c = 1; c < C; ++c) {
     const scalar_t* xr = x0 + c * S;
@@ -89,8 +91,19 @@ void softmax_block(const scalar_t* x0, int64_t C, int64_t S, int64_t len, scalar
   }
   for (int64_t c = 0; c < C; ++c) {
     const scalar_t* xr = x0 + c * S;
+    scalar_t* pr = prob + c * kBlock;
 #pragma omp simd
-    for (int64_t i = 0; i < len; ++i) den[i] += exp_approx(xr[i] - mx[i]);
+    for (int64_t i = 0; i < len; ++i) {
+      pr[i] = exp_approx(xr[i] - mx[i]);
+      den[i] += pr[i];
+    }
+  }
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) den[i] = scalar_t(1) / den[i];
+  for (int64_t c = 0; c < C; ++c) {
+    scalar_t* pr = prob + c * kBlock;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) pr[i] *= den[i];
   }
 }
 
@@ -99,18 +112,17 @@ template <typename scalar_t, typename Target>
 void chunk_sums_softmax(const scalar_t* x, const Target& target, int64_t n, int64_t C, int64_t S,
                         int64_t begin, int64_t end, double* out) {
   std::fill(out, out + C * 3, 0.0);
-  scalar_t mx[kBlock], den[kBlock];
+  std::vector<scalar_t> prob(C * kBlock);
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int64_t len = std::min(kBlock, end - b0);
-    const scalar_t* x0 = x + n * C * S + b0;
-    softmax_block(x0, C, S, len, mx, den);
+    softmax_block(x + n * C * S + b0, C, S, len, prob.data());
     for (int64_t c = 0; c < C; ++c) {
-      const scalar_t* xr = x0 + c * S;
+      const scalar_t* pr = prob.data() + c * kBlock;
       const auto tr = target.row(n, c);
       scalar_t spg = 0, sp = 0, sg = 0;
 #pragma omp simd reduction(+ : spg, sp, sg)
       for (int64_t i = 0; i < len; ++i) {
-        const scalar_t p = exp_approx(xr[i] - mx[i]) / den[i];
+        const scalar_t p = pr[i];
         const scalar_t g = Target::at(tr, b0 + i);
         spg += p * g;
         sp += p;
@@ -235,31 +247,30 @@ template <typename scalar_t, typename Target>
 void chunk_grad_softmax(const scalar_t* x, const Target& target, int64_t n, int64_t C, int64_t S,
                         int64_t begin, int64_t end, const scalar_t* a, const scalar_t* b,
                         scalar_t* grad) {
-  scalar_t mx[kBlock], den[kBlock], dot[kBlock];
+  std::vector<scalar_t> prob(C * kBlock);
+  scalar_t dot[kBlock];
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int64_t len = std::min(kBlock, end - b0);
-    const scalar_t* x0 = x + n * C * S + b0;
     scalar_t* g0 = grad + n * C * S + b0;
-    softmax_block(x0, C, S, len, mx, den);
+    softmax_block(x + n * C * S + b0, C, S, len, prob.data());
     for (int64_t i = 0; i < len; ++i) dot[i] = 0;
     for (int64_t c = 0; c < C; ++c) {  // store p_c * dL/dp_c, accumulate the dot product
-      const scalar_t* xr = x0 + c * S;
+      const scalar_t* pr = prob.data() + c * kBlock;
       scalar_t* gr = g0 + c * S;
       const auto tr = target.row(n, c);
       const scalar_t ac = a[n * C + c], bc = b[n * C + c];
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) {
-        const scalar_t p = exp_approx(xr[i] - mx[i]) / den[i];
-        const scalar_t pd = p * (ac + bc * Target::at(tr, b0 + i));
+        const scalar_t pd = pr[i] * (ac + bc * Target::at(tr, b0 + i));
         gr[i] = pd;
         dot[i] += pd;
       }
     }
     for (int64_t c = 0; c < C; ++c) {
-      const scalar_t* xr = x0 + c * S;
+      const scalar_t* pr = prob.data() + c * kBlock;
       scalar_t* gr = g0 + c * S;
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) gr[i] -= exp_approx(xr[i] - mx[i]) / den[i] * dot[i];
+      for (int64_t i = 0; i < len; ++i) gr[i] -= pr[i] * dot[i];
     }
   }
 }
@@ -285,10 +296,14 @@ int64_t count_invalid_labels(const label_t* labels, int64_t numel, int64_t num_l
   return at::parallel_reduce(
       0, numel, kParallelGrain, int64_t(0),
       [&](int64_t begin, int64_t end, int64_t invalid) {
+        // one unsigned comparison catches negative labels too; a plain pointer and a count
+        // keep GCC from turning the loads into gathers (which made this pass cost more than
+        // the whole forward pass of a label map)
+        const label_t* p = labels + begin;
+        const uint64_t limit = static_cast<uint64_t>(num_labels);
 #pragma omp simd reduction(+ : invalid)
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t v = static_cast<int64_t>(labels[i]);
-          invalid += (v < 0) | (v >= num_labels);
+        for (int64_t i = 0; i < end - begin; ++i) {
+          invalid += static_cast<uint64_t>(static_cast<int64_t>(p[i])) >= limit;
         }
         return invalid;
       },

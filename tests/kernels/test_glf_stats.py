@@ -169,16 +169,24 @@ def test_non_contiguous_and_channels_last(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_bad_labels_raise(backend):
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64])
+@pytest.mark.parametrize("spatial", [(4, 4), (131, 257)])
+def test_bad_labels_raise(backend, dtype, spatial):
+    """Out-of-range labels anywhere (the first voxel, the middle, the last of a vector tail;
+    131 x 257 voxels spread over both threads) raise; uint8 has no negative labels."""
     backend_or_skip("glf_stats", backend)
-    pred = torch.rand(1, 3, 4, 4)
-    target = torch.zeros(1, 1, 4, 4, dtype=torch.long)
-    target[0, 0, 1, 2] = 3
-    with use_backend(backend), pytest.raises(KernelError, match=r"must lie in \[0, 2\]"):
-        glf_stats(pred, target)
-    target[0, 0, 1, 2] = -1
-    with use_backend(backend), pytest.raises(KernelError, match=r"range over \[-1, 0\]"):
-        glf_stats(pred, target)
+    pred = torch.rand(1, 3, *spatial)
+    voxels = spatial[0] * spatial[1]
+    for where in (0, voxels // 2, voxels - 1):
+        target = torch.zeros(1, 1, *spatial, dtype=dtype)
+        target.view(-1)[where] = 3
+        with use_backend(backend), pytest.raises(KernelError, match=r"must lie in \[0, 2\]"):
+            glf_stats(pred, target)
+        if dtype != torch.uint8:
+            target.view(-1)[where] = -1
+            with use_backend(backend), pytest.raises(KernelError, match=r"range over \[-1, 0\]"):
+                glf_stats(pred, target)
+    glf_stats(pred, torch.full((1, 1, *spatial), 2, dtype=dtype))  # the largest valid label
 
 
 @pytest.mark.parametrize("pred,target,message", [
