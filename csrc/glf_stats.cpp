@@ -92,6 +92,18 @@ void softmax_block(const scalar_t* x0, int64_t C, int64_t S, int64_t len, scalar
   for (int64_t c = 0; c < C; ++c) {
     const scalar_t* xr = x0 + c * S;
     scalar_t* pr = prob + c * kBlock;
+#ifdef MEDTUNE_AVX512
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      for_each16(0, len, [&](int64_t i, __mmask16 m) {
+        const __m512 shifted =
+            _mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + i), _mm512_maskz_loadu_ps(m, mx + i));
+        const __m512 e = exp16(shifted);
+        _mm512_mask_storeu_ps(pr + i, m, e);
+        _mm512_mask_storeu_ps(den + i, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, den + i), e));
+      });
+      continue;
+    }
+#endif
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) {
       pr[i] = exp_approx(xr[i] - mx[i]);

@@ -50,28 +50,32 @@ inline scalar_t sigmoid(scalar_t x) {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define MEDTUNE_AVX512 1
 
-// sigmoid of 16 floats, written out because GCC's vectorisation of the scalar `sigmoid` above
-// spends a third of its instructions on the clamps, the NaN select and building 2^n by integer
-// arithmetic. Here x is clamped to [-87, 87] (max/min keep NaN), exp(-x) = 2^n e^r with a
-// two-constant Cody-Waite reduction, a degree-6 polynomial and vscalefps for 2^n; relative
-// error below 2e-7, as the scalar path; sigmoid(+inf) = 1, sigmoid(-inf) = 1.6e-38.
-inline __m512 sigmoid16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_min_ps(_mm512_set1_ps(87.0f), x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(-1.44269504088896341f)),
+// exp and sigmoid of 16 floats, written out because GCC's vectorisation of the scalar
+// exp_approx above spends a third of its instructions on the clamps, the NaN select and
+// building 2^n by integer arithmetic. Same range and accuracy: x is clamped to [-87, 88]
+// (max/min keep NaN), exp(x) = 2^n e^r with a two-constant Cody-Waite reduction, a degree-6
+// polynomial fitted on |r| <= ln(2) / 2 and vscalefps for 2^n; relative error below 2e-7.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-87.0f), _mm512_min_ps(_mm512_set1_ps(88.0f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // s = x + n ln 2 = -r, where -x = n ln 2 + r and |r| <= ln(2) / 2
-  __m512 s = _mm512_fmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  s = _mm512_fmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), s);
-  // e^r = 1 - s (1 - s (c2 - s (c3 - s (c4 - s (c5 - s c6))))), coefficients fitted on |r| <= ln(2) / 2
-  __m512 p = _mm512_set1_ps(-1.357105909846723e-3f);
-  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(8.372725918889046e-3f));
-  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-4.167357459664345e-2f));
-  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.6666479408740997e-1f));
-  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(-4.9999967217445374e-1f));
-  p = _mm512_fmadd_ps(p, s, _mm512_set1_ps(1.0f));
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(1.0f));
-  const __m512 one_plus_exp = _mm512_add_ps(_mm512_scalef_ps(p, n), _mm512_set1_ps(1.0f));
-  return _mm512_div_ps(_mm512_set1_ps(1.0f), one_plus_exp);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // r = x - n ln 2
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  // e^r = 1 + r (1 + r (c2 + r (c3 + r (c4 + r (c5 + r c6)))))
+  __m512 p = _mm512_set1_ps(1.357105909846723e-3f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.372725918889046e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.167357459664345e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666479408740997e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.9999967217445374e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// 1 / (1 + exp(-x)): sigmoid(+inf) = 1, sigmoid(-inf) = 6e-39, NaN passes.
+inline __m512 sigmoid16(__m512 x) {
+  const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+  return _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(e, _mm512_set1_ps(1.0f)));
 }
 
 // Calls step(s, mask) for s = begin, begin + 16, ... < end; the mask holds the lanes of

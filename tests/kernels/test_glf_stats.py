@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.functional import one_hot
 
 from medtune.errors import KernelError
 from medtune.kernels import glf_stats, glf_stats_reference, use_backend
@@ -95,38 +96,46 @@ def test_large_input_spanning_many_chunks(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ["sigmoid", "softmax"])
 @pytest.mark.parametrize("target_kind", ["mask", torch.uint8, torch.int32, torch.int64])
 @pytest.mark.parametrize("size", [1, 15, 16, 17, 8192 + 35])
-def test_float32_sigmoid_against_float64(backend, target_kind, size):
-    """float32 logits with a fused sigmoid, against the float64 reference of the same logits.
+def test_float32_activation_against_float64(backend, activation, target_kind, size):
+    """float32 logits with a fused activation, against the float64 reference of the same logits.
 
-    The C++ backend runs this case 16 voxels per step (AVX-512): the sizes put every lane count
-    in the tail, and across a chunk border; each target kind has its own load; infinite and
-    saturated logits must give sigmoid 1 / 0 and no NaN.
+    The C++ backend runs these 16 voxels per step (AVX-512): the sizes put every lane count in
+    the tail, and across a chunk border; each target kind has its own load; infinite and
+    saturated logits must give probabilities of 1 / 0 and no NaN.
     """
     backend_or_skip("glf_stats", backend)
     gen = torch.Generator().manual_seed(size)
-    logits = torch.randn((2, 1, size), generator=gen) * 6
+    channels = 1 if activation == "sigmoid" else 3
+    logits = torch.randn((2, channels, size), generator=gen) * 6
     extremes = torch.tensor([float("inf"), float("-inf"), 100.0, -100.0, 0.0, 87.5, -87.5])
     k = min(len(extremes), logits.numel())
     logits.view(-1)[:k] = extremes[:k]
-    labels = torch.randint(0, 2, (2, 1, size), generator=gen)
-    target = labels.float() if target_kind == "mask" else labels.to(target_kind)
-    reference_target = labels.double() if target_kind == "mask" else target
+    if activation == "softmax":  # a +inf logit makes the softmax NaN (inf - inf); -inf is valid
+        logits.nan_to_num_(posinf=1e4)
+    labels = torch.randint(0, max(channels, 2), (2, 1, size), generator=gen)
+    if target_kind == "mask":
+        target = (labels == 1) if channels == 1 else one_hot(labels[:, 0], channels).transpose(1, 2)
+        target = target.float()
+        reference_target = target.double()
+    else:
+        target = reference_target = labels.to(target_kind)
     ref_in = logits.double().requires_grad_(True)
     ours = logits.clone().requires_grad_(True)
-    expected = glf_stats_reference(ref_in, reference_target, "sigmoid")
+    expected = glf_stats_reference(ref_in, reference_target, activation)
     with use_backend(backend):
-        got = glf_stats(ours, target, "sigmoid")
+        got = glf_stats(ours, target, activation)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g.double(), e.detach(), rtol=1e-6, atol=1e-6 * size)
-    weights = [torch.randn(2, 1, generator=gen, dtype=torch.float64) for _ in expected]
+    weights = [torch.randn(2, channels, generator=gen, dtype=torch.float64) for _ in expected]
     sum((w * e).sum() for w, e in zip(weights, expected)).backward()
     with use_backend(backend):
         sum((w.float() * g).sum() for w, g in zip(weights, got)).backward()
     assert torch.isfinite(ours.grad).all()
     scale = float(ref_in.grad.abs().max())
-    # sigmoid(-inf) is 1.6e-38 here, not 0: a gradient of ~1e-38 where the reference has 0
+    # sigmoid(-inf) is about 1e-38 here, not 0: a gradient of ~1e-38 where the reference has 0
     torch.testing.assert_close(ours.grad.double(), ref_in.grad, rtol=1e-5, atol=1e-6 * scale + 1e-30)
 
 
