@@ -36,6 +36,7 @@ import html
 import json
 import math
 import statistics
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +267,21 @@ TASK_FIGURES = (
 )
 
 
+def config_lines(config: Mapping[str, Any], width: int = 90, lines: int = 3) -> list[str]:
+    """A trial's configuration as ``key=value`` lines for a plot title: floats to three
+    significant digits, wrapped at ``width`` characters, at most ``lines`` lines (the last
+    ends in "..." when more would follow)."""
+
+    def value(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    wrapped = textwrap.wrap(", ".join(f"{k}={value(v)}" for k, v in sorted(config.items())), width)
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][: width - 3].rstrip(", ") + "..."
+    return wrapped
+
+
 def _trajectory(name: str, value: Any) -> bool:
     """A per-step series (the adaptive GLF coefficients), not a per-case or per-pixel list."""
     return isinstance(value, list) and name.startswith("glf_")
@@ -322,8 +338,8 @@ def _plot_metrics(store: StudyStore, trials: list[Trial], folder: Path) -> list[
             ax.set_yscale("log")
         ax.set_xlabel("training step")
         ax.legend(fontsize=8)
-        ax.set_title(f"trajectories of trial {with_series.id} "
-                     f"({json.dumps(with_series.config, sort_keys=True)[:60]})", fontsize=9)
+        ax.set_title("\n".join([f"trajectories of trial {with_series.id}",
+                                *config_lines(with_series.config)]), fontsize=8)
         fig.tight_layout()
         fig.savefig(folder / "trajectories.png", dpi=100)
         plt.close(fig)

@@ -166,3 +166,22 @@ def test_bayes_study_report_has_the_model_and_relevance_plots(tmp_path):
     assert (report / "relevance.png").stat().st_size > 1000
     assert f"{calibration['inside']} of 8 observed values" in page
     assert 'src="model.png"' in page and 'src="relevance.png"' in page
+
+
+def test_plot_titles_carry_the_whole_configuration_wrapped():
+    """The trajectories plot names its trial's configuration: every key, floats short, wrapped
+    into lines; only a configuration longer than the lines allowed is cut, and says so."""
+    from medtune.report import config_lines
+
+    config = {"learning_rate": 0.000123456, "loss": "glf", "strategy": "deterministic",
+              "weight_decay": 1.5e-05, "width": 16, "batch_size": 8, "epochs": 12,
+              "alpha_p_bounds": [0.05, 20.0]}
+    lines = config_lines(config, width=60)
+    text = " ".join(lines)
+    assert len(lines) == 3 and all(len(line) <= 60 for line in lines)
+    assert not lines[-1].endswith("...")
+    for key in config:
+        assert f"{key}=" in text
+    assert "learning_rate=0.000123" in text and "weight_decay=1.5e-05" in text
+    many = config_lines({f"parameter_{i}": i for i in range(40)}, width=60, lines=3)
+    assert len(many) == 3 and many[-1].endswith("...")
