@@ -39,6 +39,7 @@ from medtune.plugins.nas.cells import SubSpace
 from medtune.plugins.nas.recalibration import StatisticsCache
 from medtune.plugins.nas.supernet import SuperNet, SupernetTraining, train_supernet
 from medtune.plugins.nas.tabular import TABLE_SPACE, TABLE_VERSION, load_table, scar_task
+from medtune.tasks.threads import threaded
 
 VARIANTS = {
     "baseline": dict(single_kernel=False, sampling="uniform", paths=1),
@@ -65,6 +66,7 @@ NAS_DEFAULTS: dict[str, Any] = {
     "table_version": TABLE_VERSION,
     "table_path": "",              # a regenerated table's CSV; empty: the shipped table
     "progress": True,
+    "threads": 0,  # torch threads per trial, 0 keeps PyTorch's (medtune.tasks.threads)
 }
 _POSITIVE_INTEGERS = ("steps", "batch_size", "recalibration_images", "rank_cells", "proxy_images",
                       "ws_evaluations", "runs")
@@ -93,6 +95,7 @@ def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
     return settings
 
 
+@threaded("nas", NAS_DEFAULTS)
 def train_nas(
     config: Mapping[str, Any],
     resource: float | None = None,

@@ -18,9 +18,9 @@ augmentation. ``resource`` overrides the number of epochs. Settings (see
 one-cycle ``schedule`` or a ``"constant"`` rate, ``weight_decay``, ``epochs``, ``batch_size``,
 ``augment``), the inputs (``normalisation``, ``label_encoding``, ``slice_size``) and the data
 (``image_size``, the numbers of exams, ``segmentations`` per exam, ``raters``, ``data_seed``).
-``threads`` > 0 sets PyTorch's intra-op threads for the trial (0 keeps them): the networks of
-a CPU-scale run are made of tiny ops, which extra OpenMP threads slow down by orders of
-magnitude on a CPU busy with other work.
+``threads`` > 0 sets PyTorch's intra-op threads for the trial (0 keeps them), as in every task
+(:mod:`medtune.tasks.threads`): the networks of a CPU-scale run are made of tiny ops, which
+extra OpenMP threads slow down by orders of magnitude on a CPU busy with other work.
 
 Returned metrics (``value`` is the test MAE, lower is better): ``mae``, ``rmse`` and
 ``pearson_r`` of the predicted against the mean rating on the test segmentations,
@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 import medtune
 from medtune.errors import MedtuneError
@@ -58,6 +57,7 @@ from medtune.metrics import (
 from medtune.plugins.quality.cases import REGIONS, Case, region_mask
 from medtune.plugins.quality.raters import RaterPanel, rater_mae, segmentation_quality
 from medtune.study.store import Trial, TrialState
+from medtune.tasks.threads import threaded
 
 #: every key the task understands, with its default
 QUALITY_DEFAULTS: dict[str, Any] = {
@@ -97,9 +97,6 @@ def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in _POSITIVE:
         if not settings[key] > 0:
             raise MedtuneError(f"quality task: {key} must be > 0, got {settings[key]!r}")
-    if not (isinstance(settings["threads"], int) and settings["threads"] >= 0):
-        raise MedtuneError(f"quality task: threads must be a whole number >= 0 (0 keeps PyTorch's setting), "
-                           f"got {settings['threads']!r}")
     if settings["segmentations"] < 2:
         raise MedtuneError("quality task: segmentations must be at least 2 (the truth and one degraded copy)")
     return settings
@@ -143,17 +140,12 @@ def _correlation(first: np.ndarray, second: np.ndarray) -> float | None:
         return None
 
 
+@threaded("quality", QUALITY_DEFAULTS)
 def train_quality(config: Mapping[str, Any], resource: float | None = None, seed: int = 0,
                   report: Callable[[float, float], None] | None = None) -> dict[str, float | list[float]]:
     """Train a DQE estimator with ``config`` and score it as the module docstring says."""
     settings = _settings(config)
-    threads = torch.get_num_threads()
-    if settings["threads"]:
-        torch.set_num_threads(settings["threads"])
-    try:
-        return _train_and_score(settings, resource, seed, report)
-    finally:
-        torch.set_num_threads(threads)
+    return _train_and_score(settings, resource, seed, report)
 
 
 def _train_and_score(settings: dict[str, Any], resource: float | None, seed: int,

@@ -43,6 +43,7 @@ from medtune.errors import MedtuneError
 from medtune.metrics import accuracy, boundary_f1, iou, per_class_accuracy
 from medtune.plugins.datasets.ring_phantom import CLASSES
 from medtune.study.store import Trial, TrialState
+from medtune.tasks.threads import threaded
 
 #: every key the task understands, with its default
 REGIONS_DEFAULTS: dict[str, Any] = {
@@ -56,6 +57,7 @@ REGIONS_DEFAULTS: dict[str, Any] = {
     "val_size": 32,
     "dataset_options": {},
     "difference_cases": 2,
+    "threads": 0,  # torch threads per trial, 0 keeps PyTorch's (medtune.tasks.threads)
 }
 
 #: the regions of the ring phantom by label value (0, 1, 2), named as in its module
@@ -152,6 +154,7 @@ def region_metrics(predictions: np.ndarray, truths: np.ndarray) -> dict[str, flo
     return metrics
 
 
+@threaded("regions", REGIONS_DEFAULTS)
 def train_regions(
     config: Mapping[str, Any],
     resource: float | None = None,

@@ -49,6 +49,7 @@ from medtune.metrics import mean_absolute_error, recall
 from medtune.plugins.datasets.bone_age import PATHOLOGICAL_THRESHOLD, BoneAgePhantom
 from medtune.plugins.losses.density import DensityWeightedLoss
 from medtune.study.store import Trial, TrialState
+from medtune.tasks.threads import threaded
 
 #: every key the task understands, with its default
 REGRESSION_DEFAULTS: dict[str, Any] = {
@@ -66,6 +67,7 @@ REGRESSION_DEFAULTS: dict[str, Any] = {
     "base": "l1",
     "covariates": ["sex", "chronological_age"],
     "dataset_options": {},
+    "threads": 0,  # torch threads per trial, 0 keeps PyTorch's (medtune.tasks.threads)
 }
 WEIGHTINGS = ("none", "inverse_density")
 DENSITY_LABELS = ("bone_age", "age_difference", "joint")
@@ -185,6 +187,7 @@ def _tensors(dataset: BoneAgePhantom) -> tuple[torch.Tensor, torch.Tensor, torch
     return torch.stack(images), torch.stack(covariates), torch.cat(labels)
 
 
+@threaded("regression", REGRESSION_DEFAULTS)
 def train_regression(
     config: Mapping[str, Any],
     resource: float | None = None,

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 import medtune
 from medtune.errors import MedtuneError
 from medtune.plugins.losses.exploratory import GLFExploratory
+from medtune.tasks.threads import threaded
 
 #: every key the task understands, with its default
 SEGMENTATION_DEFAULTS: dict[str, Any] = {
@@ -65,6 +66,7 @@ SEGMENTATION_DEFAULTS: dict[str, Any] = {
     "train_size": 64,
     "val_size": 32,
     "threshold": 0.5,
+    "threads": 0,  # torch threads per trial, 0 keeps PyTorch's (medtune.tasks.threads)
 }
 
 #: Lesion size bins in pixels, ``(name, lowest area, highest area)``: seed 002 sees the
@@ -227,6 +229,7 @@ def lesion_metrics(scores: list[tuple[int, float, bool]]) -> dict[str, float]:
     return metrics
 
 
+@threaded("segmentation", SEGMENTATION_DEFAULTS)
 def train_segmentation(
     config: Mapping[str, Any],
     resource: float | None = None,

@@ -21,8 +21,8 @@ the training label closest to the mean shape, removed from the training set.
 Adam's learning rate defaults per method (:data:`LEARNING_RATES`); ``resource`` overrides the
 number of epochs; ``report(epoch, dice)`` is called after every epoch with the mean validation
 Dice (before refinement for ``"template+implicit"``). ``threads`` sets torch's intra-op threads
-for the trial (absent: torch's default); 1 avoids the many-fold slowdown of several threads per
-process when other jobs share a few cores. The return value is a dict of floats: ``value`` (mean
+for the trial (0, the default: PyTorch's setting; :mod:`medtune.tasks.threads`); 1 avoids the
+many-fold slowdown of several threads per process when other jobs share a few cores. The return value is a dict of floats: ``value`` (mean
 validation Dice over volumes), ``dice_adult``, ``dice_child``, ``components`` (mean number of
 26-connected components of the thresholded predictions,
 :func:`medtune.plugins.deformations.template.count_components`), ``seconds_per_epoch``
@@ -44,6 +44,7 @@ from medtune.errors import MedtuneError
 from medtune.kernels import warp3d
 from medtune.plugins.deformations.template import choose_template, count_components
 from medtune.plugins.deformations.transforms import similarity_matrix
+from medtune.tasks.threads import threaded
 
 #: the rows of table 4.2 this task can train
 METHODS = ("baseline", "deformation", "template", "template+implicit")
@@ -61,7 +62,7 @@ TEMPLATE_DEFAULTS: dict[str, Any] = {
     "regularization": 0.01,
     "augment": True,
     "threshold": 0.5,
-    "threads": None,
+    "threads": 0,
     "dataset_options": {},
     "template_options": {},
     "implicit_options": {"global_iterations": 20, "local_iterations": 20, "widths": [1.0], "image_sigma": 2.0,
@@ -100,9 +101,6 @@ def _settings(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("lr", "regularization", "threshold"):
         if isinstance(settings[key], bool) or not isinstance(settings[key], (int, float)) or not settings[key] >= 0:
             raise MedtuneError(f"template task: {key} must be a number >= 0, got {settings[key]!r}")
-    threads = settings["threads"]
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise MedtuneError(f"template task: threads must be a positive integer or absent, got {threads!r}")
     for key in ("dataset_options", "template_options", "implicit_options"):
         if not isinstance(settings[key], Mapping):
             raise MedtuneError(f"template task: {key} must be a table of options, got {settings[key]!r}")
@@ -145,6 +143,7 @@ def _dice_per_volume(prediction: torch.Tensor, labels: torch.Tensor) -> list[flo
     return torch.where(total > 0, 2 * overlap / total.clamp_min(1), torch.ones_like(total)).tolist()
 
 
+@threaded("template", TEMPLATE_DEFAULTS)
 def train_template(
     config: Mapping[str, Any],
     resource: float | None = None,
@@ -160,13 +159,7 @@ def train_template(
     epochs = int(round(resource)) if resource is not None else settings["epochs"]
     if epochs < 1:
         raise MedtuneError(f"template task: the budget must be at least one epoch, got {resource}")
-    threads = torch.get_num_threads()
-    if settings["threads"] is not None:
-        torch.set_num_threads(settings["threads"])
-    try:
-        return _train(settings, epochs, seed, report)
-    finally:
-        torch.set_num_threads(threads)
+    return _train(settings, epochs, seed, report)
 
 
 def _train(settings: dict[str, Any], epochs: int, seed: int,

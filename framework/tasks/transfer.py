@@ -31,9 +31,10 @@ method adds to the adults network: a whole network's parameters for a baseline, 
 table counts them, 0 for fine-tuning), ``parameters_trained`` and ``seconds_per_epoch`` (wall
 time of one training epoch of the method, evaluation excluded).
 
-``threads`` (default 1) sets torch's intra-op threads for the trial and restores them after:
-networks this small gain nothing from more, and several threads per process slow training
-down many-fold when other processes share the cores (raise it on a dedicated machine).
+``threads`` (default 1 here; :mod:`medtune.tasks.threads`) sets torch's intra-op threads for
+the trial and restores them after: networks this small gain nothing from more, and several
+threads per process slow training down many-fold when other processes share the cores (raise
+it on a dedicated machine; 0 keeps PyTorch's setting).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from torch import nn
 
 import medtune
 from medtune.errors import MedtuneError
+from medtune.tasks.threads import threaded
 
 #: the rows of the table: ``{method: what it trains}``
 METHODS: dict[str, str] = {
@@ -87,7 +89,7 @@ TRANSFER_DEFAULTS: dict[str, Any] = {
 }
 
 _POSITIVE = ("image_size", "train_adults", "test_adults", "train_children", "test_children", "width",
-             "epochs", "source_epochs", "batch_size", "lr", "transfer_lr", "hidden", "threads")
+             "epochs", "source_epochs", "batch_size", "lr", "transfer_lr", "hidden")
 
 #: methods that start from the adults network
 _TRANSFERS = ("fine_tuning", "partial_first", "partial_last", "fixed_convolutions", "geometric", "intensity",
@@ -271,6 +273,7 @@ def _transfer_model(method: str, source: nn.Module,
     return model, model.added_parameters(), model.parameters_added
 
 
+@threaded("transfer", TRANSFER_DEFAULTS)
 def train_transfer(
     config: Mapping[str, Any],
     resource: float | None = None,
@@ -287,12 +290,7 @@ def train_transfer(
     epochs = int(round(resource)) if resource is not None else int(settings["epochs"])
     if epochs < 1:
         raise MedtuneError(f"transfer task: the budget must be at least one epoch, got {resource}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(int(settings["threads"]))
-    try:
-        return _run(settings, epochs, seed, report)
-    finally:
-        torch.set_num_threads(threads)
+    return _run(settings, epochs, seed, report)
 
 
 def _run(settings: Mapping[str, Any], epochs: int, seed: int,

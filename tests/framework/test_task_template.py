@@ -44,7 +44,8 @@ def test_resource_overrides_the_epochs():
     ({"train_size": 0}, "positive integer"),
     ({"val_size": 2}, "no child"),
     ({"lr": -1.0}, ">= 0"),
-    ({"threads": 0}, "threads must be"),
+    ({"threads": -1}, "threads must be"),
+    ({"threads": 1.5}, "threads must be"),
 ])
 def test_bad_settings_are_refused(config, message):
     with pytest.raises(MedtuneError, match=message):
