@@ -218,13 +218,15 @@ def eager_call(*tensors: torch.Tensor | None) -> bool:
     """True when an op call on ``tensors`` may run its implementation directly.
 
     That is an eager call (not traced by ``torch.compile``, no ``torch.func`` transform active)
-    on plain CPU or CUDA tensors. The custom op's Python dispatcher costs about 0.1 ms per call
-    on the CPU (argument normalisation, redispatch, the autograd wrapper), as much as the whole
-    kernel on a small patch; a front-end that sees ``True`` runs the same implementation under
-    an ``autograd.Function`` of its own, with the same forward and backward, instead.
+    on plain CPU or CUDA tensors or parameters. The custom op's Python dispatcher (argument
+    normalisation, redispatch, the autograd wrapper) costs 30-50 microseconds per call on a
+    2-core CPU, more than the kernel itself on a small patch; a front-end that sees ``True``
+    runs the same implementation under an ``autograd.Function`` of its own, with the same
+    forward and backward, instead.
     """
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return False
-    return all(
-        t is None or (type(t) is torch.Tensor and t.device.type in ("cpu", "cuda")) for t in tensors
-    )
+    return all(t is None or (type(t) in _PLAIN and t.device.type in ("cpu", "cuda")) for t in tensors)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # classes that do not override torch functions

@@ -40,6 +40,8 @@ from torch import Tensor
 from medtune.errors import KernelError
 from medtune.kernels.dispatch import (
     KernelImpl,
+    eager_call,
+    eager_function,
     register_impl,
     select,
     triton_priority,
@@ -457,11 +459,24 @@ for _op, _torch_fn, _cpp_fn, _triton_fn in (
     register_impl(KernelImpl(_op, "triton", _triton_fn, triton_priority(), triton_unavailable))
 
 
+def _forward(input: Tensor, weight: Tensor, bias: Tensor | None, segments: list[int],
+             stride: int, depthwise: bool) -> Tensor:
+    impl = select("supernet_conv", input.device.type)
+    return impl.fn(input, weight, bias, segments, stride, depthwise)
+
+
+def _backward_pass(grad_out: Tensor, input: Tensor, weight: Tensor, segments: list[int],
+                   stride: int, depthwise: bool, need_input: bool, need_weight: bool,
+                   need_bias: bool) -> list[Tensor]:
+    impl = select("supernet_conv_backward", input.device.type)
+    return impl.fn(grad_out, input, weight, segments, stride, depthwise, need_input,
+                   need_weight, need_bias)
+
+
 @torch.library.custom_op("medtune::supernet_conv", mutates_args=())
 def _supernet_conv_op(input: Tensor, weight: Tensor, bias: Tensor | None, segments: list[int],
                       stride: int, depthwise: bool) -> Tensor:
-    impl = select("supernet_conv", input.device.type)
-    return impl.fn(input, weight, bias, segments, stride, depthwise)
+    return _forward(input, weight, bias, segments, stride, depthwise)
 
 
 @_supernet_conv_op.register_fake
@@ -478,9 +493,8 @@ def supernet_conv_backward_op(grad_out: Tensor, input: Tensor, weight: Tensor,
                               need_input: bool, need_weight: bool,
                               need_bias: bool) -> list[Tensor]:
     """Gradients of ``supernet_conv`` wrt (input, weight, bias); an unneeded one is empty."""
-    impl = select("supernet_conv_backward", input.device.type)
-    return impl.fn(grad_out, input, weight, segments, stride, depthwise, need_input,
-                   need_weight, need_bias)
+    return _backward_pass(grad_out, input, weight, segments, stride, depthwise, need_input,
+                          need_weight, need_bias)
 
 
 @supernet_conv_backward_op.register_fake
@@ -500,14 +514,17 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_out: Tensor):
     input, weight = ctx.saved_tensors
     need = ctx.needs_input_grad
-    grads = supernet_conv_backward_op(grad_out.contiguous(memory_format=_layout(input)), input,
-                                      weight, ctx.segments,
-                                      ctx.stride, ctx.depthwise, need[0], need[1], need[2])
+    grad_out = grad_out.contiguous(memory_format=_layout(input))
+    step = _backward_pass if eager_call(grad_out, input, weight) else supernet_conv_backward_op
+    grads = step(grad_out, input, weight, ctx.segments, ctx.stride, ctx.depthwise, need[0],
+                 need[1], need[2])
     return (grads[0] if need[0] else None, grads[1] if need[1] else None,
             grads[2] if need[2] else None, None, None, None)
 
 
 _supernet_conv_op.register_autograd(_backward, setup_context=_setup_context)
+# eager calls on plain tensors skip the custom-op dispatcher (see dispatch.eager_call)
+_EagerSupernetConv = eager_function("SupernetConv", _forward, _setup_context, _backward)
 
 
 # --- front-end -------------------------------------------------------------------------------
@@ -545,5 +562,6 @@ def supernet_conv(input: Tensor, weight: Tensor, bias: Tensor | None, segments: 
             dtypes or devices.
     """
     segs = check_segments(input, weight, bias, segments, stride, depthwise)
-    return _supernet_conv_op(input.contiguous(memory_format=_layout(input)), weight, bias,
-                             _flatten(segs), stride, depthwise)
+    input = input.contiguous(memory_format=_layout(input))
+    op = _EagerSupernetConv.apply if eager_call(input, weight, bias) else _supernet_conv_op
+    return op(input, weight, bias, _flatten(segs), stride, depthwise)

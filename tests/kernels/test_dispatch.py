@@ -123,7 +123,7 @@ def test_eager_call_only_for_plain_eager_tensors():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     plain = torch.ones(3)
-    assert dispatch.eager_call(plain, None)
+    assert dispatch.eager_call(plain, None, torch.nn.Parameter(plain))
     assert not dispatch.eager_call(torch.ones(3, device="meta"))
     with FakeTensorMode() as mode:
         assert not dispatch.eager_call(mode.from_tensor(plain))

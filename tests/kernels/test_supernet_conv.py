@@ -200,3 +200,28 @@ def test_bad_tensors_are_clear_errors():
     if torch.cuda.is_available():
         with pytest.raises(KernelError, match="same device"):
             supernet_conv(x.cuda(), w, None, segments)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_eager_path_equals_the_custom_op(backend, depthwise):
+    """Eager calls skip the custom-op dispatcher; the op itself (what torch.compile and
+    torch.func see) must give the same output and gradients, with the weight a Parameter."""
+    from medtune.kernels.supernet_conv import _flatten
+
+    backend_or_skip("supernet_conv", backend)
+    x, w, b = _tensors(5, depthwise, torch.float64, seed=3)
+    segments = _random_segments(5, depthwise, random.Random(3), parts=2)
+    eager_in = [x.clone().requires_grad_(True), torch.nn.Parameter(w.clone()),
+                b.clone().requires_grad_(True)]
+    op_in = _leaves((x, w, b))
+    with use_backend(backend):
+        out = supernet_conv(*eager_in, segments, 1, depthwise)
+        op_out = torch.ops.medtune.supernet_conv(*op_in, _flatten(segments), 1, depthwise)
+        weights = torch.randn_like(out)
+        (weights * out).sum().backward()
+        (weights * op_out).sum().backward()
+    assert "SupernetConv" in type(out.grad_fn).__name__
+    torch.testing.assert_close(out, op_out, rtol=0, atol=0)
+    for got, expected in zip(eager_in, op_in):
+        torch.testing.assert_close(got.grad, expected.grad, rtol=0, atol=0)
