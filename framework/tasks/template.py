@@ -22,11 +22,11 @@ Adam's learning rate defaults per method (:data:`LEARNING_RATES`); ``resource`` 
 number of epochs; ``report(epoch, dice)`` is called after every epoch with the mean validation
 Dice (before refinement for ``"template+implicit"``). ``threads`` sets torch's intra-op threads
 for the trial (0, the default: PyTorch's setting; :mod:`medtune.tasks.threads`); 1 avoids the
-many-fold slowdown of several threads per process when other jobs share a few cores. The return value is a dict of floats: ``value`` (mean
-validation Dice over volumes), ``dice_adult``, ``dice_child``, ``components`` (mean number of
-26-connected components of the thresholded predictions,
-:func:`medtune.plugins.deformations.template.count_components`), ``seconds_per_epoch``
-(training only) and ``parameters`` (trainable).
+many-fold slowdown of several threads per process when other jobs share a few cores. The return
+value is a dict of floats: ``value`` (mean validation Dice over volumes), ``dice_adult``,
+``dice_child``, ``components`` (mean number of 26-connected components of the thresholded
+predictions, :func:`medtune.plugins.deformations.template.count_components`),
+``seconds_per_epoch`` (training only) and ``parameters`` (trainable).
 """
 
 from __future__ import annotations
