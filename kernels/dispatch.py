@@ -214,6 +214,9 @@ def eager_function(name: str, forward: Callable, setup_context: Callable,
     })
 
 
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # classes that do not override torch functions
+
+
 def eager_call(*tensors: torch.Tensor | None) -> bool:
     """True when an op call on ``tensors`` may run its implementation directly.
 
@@ -227,6 +230,3 @@ def eager_call(*tensors: torch.Tensor | None) -> bool:
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return False
     return all(t is None or (type(t) in _PLAIN and t.device.type in ("cpu", "cuda")) for t in tensors)
-
-
-_PLAIN = (torch.Tensor, torch.nn.Parameter)  # classes that do not override torch functions

@@ -50,7 +50,7 @@ def threaded(task: str, defaults: Mapping[str, Any]) -> Callable[[Callable], Cal
     def wrap(train: Callable) -> Callable:
         @functools.wraps(train)
         def run(config: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
-            count = check_threads(task, config.get("threads", defaults.get("threads")))
+            count = check_threads(task, config.get("threads", defaults["threads"]))
             with trial_threads(count):
                 return train(config, *args, **kwargs)
 
