@@ -227,13 +227,3 @@ def test_out_buffer_errors():
         chol_append(L, torch.zeros(1, 4, dtype=torch.float64), torch.eye(1, dtype=torch.float64),
                     out=(torch.empty(5, 5, dtype=torch.float64), torch.empty(5, 5, dtype=torch.float64)))
 
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_matches_full_factorisation():
-    K, _ = _gram(513, seed=9)
-    expected = chol_append_reference(K, 1)
-    K = K.cuda()
-    L, Linv = _factor(K[:512, :512].cpu())
-    got = chol_append(L.cuda(), K[512:, :512], K[512:, 512:], Linv.cuda())
-    assert _relative_error(got.L.cpu(), expected.L) <= 1e-10
-    assert _relative_error(got.Linv.cpu(), expected.Linv) <= 1e-10

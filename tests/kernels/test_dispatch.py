@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -135,3 +136,33 @@ def test_eager_call_only_for_plain_eager_tensors():
 
     torch.func.grad(f)(plain)
     assert seen == [False]
+
+
+def test_cuda_runs_the_compiled_triton_kernels():
+    """On a CUDA machine every kernel test also runs on the GPU (tests/kernels/conftest.py);
+    there every op with a Triton implementation chooses it, compiled rather than interpreted,
+    and it agrees with the reference."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the CUDA cases of the kernel tests are not generated")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("TRITON_INTERPRET=1 interprets the Triton kernels; run without it on a GPU")
+    from tests.conftest import backend_or_skip
+
+    backend_or_skip("glf_stats", "triton", "cuda")
+    from triton.runtime.jit import JITFunction
+
+    from medtune.kernels import backends, candidates, glf_stats_reference, ops
+
+    glf_stats_module = importlib.import_module("medtune.kernels.glf_stats")  # not the function
+
+    for op in ops():
+        if "triton" in backends(op):
+            chosen = next(impl.backend for impl, reason in candidates(op, "cuda") if reason is None)
+            assert chosen == "triton", op
+    assert any(isinstance(value, JITFunction) for value in vars(glf_stats_module).values())
+    pred = torch.rand(2, 3, 32, 32, device="cuda")
+    target = torch.randint(0, 3, (2, 32, 32), device="cuda")
+    expected_stats = glf_stats_reference(pred.cpu(), target.cpu())
+    for got, expected in zip(glf_stats(pred, target), expected_stats):
+        assert got.device.type == "cuda"
+        torch.testing.assert_close(got.cpu(), expected, rtol=2e-5, atol=2e-5 * 1024)

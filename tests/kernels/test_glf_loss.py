@@ -102,19 +102,19 @@ def test_torch_compile_fullgraph():
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("spatial,channels,activation,labels,weights,batch", CASES)
 def test_eager_path_equals_the_custom_op(backend, spatial, channels, activation, labels, weights,
-                                         batch):
+                                         batch, kernel_device):
     """Eager calls skip the custom-op dispatcher; the op itself (what torch.compile and
     torch.func see) must give the same loss, sums and gradient."""
     from medtune.kernels.glf_stats import prepare
 
     backend_or_skip("glf_loss", backend)
-    x, target = _inputs(spatial, channels, activation, labels)
+    x, target = (t.to(kernel_device) for t in _inputs(spatial, channels, activation, labels))
     eager_in, op_in = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
     with use_backend(backend):
         loss, stats = glf_loss(eager_in, target, *weights, activation=activation, batch=batch)
         prepared = prepare(op_in, target, activation)
         op_loss, op_stats = torch.ops.medtune.glf_loss(
-            *prepared, torch.tensor(weights, dtype=x.dtype), 1e-5, 1e-5, batch)
+            *prepared, torch.tensor(weights, dtype=x.dtype, device=x.device), 1e-5, 1e-5, batch)
         (loss.sum() + 0.5 * stats.true_positives.sum()).backward()
         (op_loss.sum() + 0.5 * op_stats[..., 0].sum()).backward()
     assert loss.grad_fn is not None and "GLFLoss" in type(loss.grad_fn).__name__

@@ -204,13 +204,13 @@ def test_bad_tensors_are_clear_errors():
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 @pytest.mark.parametrize("depthwise", [False, True])
-def test_eager_path_equals_the_custom_op(backend, depthwise):
+def test_eager_path_equals_the_custom_op(backend, depthwise, kernel_device):
     """Eager calls skip the custom-op dispatcher; the op itself (what torch.compile and
     torch.func see) must give the same output and gradients, with the weight a Parameter."""
     from medtune.kernels.supernet_conv import _flatten
 
     backend_or_skip("supernet_conv", backend)
-    x, w, b = _tensors(5, depthwise, torch.float64, seed=3)
+    x, w, b = (t.to(kernel_device) for t in _tensors(5, depthwise, torch.float64, seed=3))
     segments = _random_segments(5, depthwise, random.Random(3), parts=2)
     eager_in = [x.clone().requires_grad_(True), torch.nn.Parameter(w.clone()),
                 b.clone().requires_grad_(True)]
