@@ -89,6 +89,9 @@ class FolderDataset(Dataset):
         labels: name of the label folder inside ``root``.
         csv: a CSV file inside ``root`` listing the cases (columns ``image``, ``label`` and
             optionally ``case``); replaces the ``images``/``labels`` folders.
+        allow_outside_root: let the CSV name files outside ``root`` (absolute paths, ``..``,
+            links leading out); refused by default, so a case list cannot make a study read
+            files its dataset folder does not hold.
         cases: keep only these case names.
         split: ``"all"``, or ``"train"``/``"val"`` for one side of a random split.
         val_fraction: share of the cases that go to ``"val"``.
@@ -111,6 +114,7 @@ class FolderDataset(Dataset):
         images: str = "images",
         labels: str = "labels",
         csv: str | None = None,
+        allow_outside_root: bool = False,
         cases: Sequence[str] | None = None,
         split: str = "all",
         val_fraction: float = 0.2,
@@ -145,7 +149,8 @@ class FolderDataset(Dataset):
         self.cache = bool(cache)
         self.seed = int(seed)
         self.split = split
-        found = self._read_csv(csv) if csv is not None else self._scan(images, labels)
+        found = (self._read_csv(csv, bool(allow_outside_root)) if csv is not None
+                 else self._scan(images, labels))
         chosen = _select(found, cases, split, float(val_fraction), int(split_seed))
         if size is not None:
             if not 1 <= int(size) <= len(chosen):
@@ -262,7 +267,7 @@ class FolderDataset(Dataset):
             )
         return cases
 
-    def _read_csv(self, name: str) -> list[Case]:
+    def _read_csv(self, name: str, allow_outside_root: bool) -> list[Case]:
         path = self.root / name
         if not path.is_file():
             raise MedtuneError(f"folder: the case list {path} does not exist; check csv=")
@@ -277,9 +282,15 @@ class FolderDataset(Dataset):
                 f"needs 'image' and 'label' (and optionally 'case'), found {list(rows[0])}"
             )
         cases, names = [], set()
+        root = self.root.resolve()
         for line, row in enumerate(rows, start=2):
             image, label = self.root / row["image"], self.root / row["label"]
             for kind, file in (("image", image), ("label", label)):
+                if not allow_outside_root and not file.resolve().is_relative_to(root):
+                    raise MedtuneError(
+                        f"folder: {path} line {line}: the {kind} {row[kind]!r} lies outside the "
+                        f"dataset root {self.root}; move it inside, or pass "
+                        "allow_outside_root=True to read it where it is")
                 if not file.exists():
                     raise MedtuneError(f"folder: {path} line {line}: the {kind} {file} does not exist")
             name = row.get("case") or _case_name(image) or image.name

@@ -134,6 +134,23 @@ def test_a_csv_lists_cases_with_their_own_paths(tmp_path):
     np.testing.assert_array_equal(dataset[0][1][0].numpy(), label)
 
 
+@pytest.mark.parametrize("outside", ["../elsewhere/a_t1.nii.gz", "ABSOLUTE", "scans/link/a_t1.nii.gz"])
+def test_a_csv_naming_files_outside_the_root_is_refused_unless_allowed(tmp_path, outside):
+    root, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    (root / "scans").mkdir(parents=True)
+    elsewhere.mkdir()
+    image, label = volume((5, 5, 5), 0)
+    nibabel.save(nibabel.Nifti1Image(image, np.eye(4)), str(elsewhere / "a_t1.nii.gz"))
+    nibabel.save(nibabel.Nifti1Image(label, np.eye(4)), str(root / "scans" / "a_seg.nii.gz"))
+    (root / "scans" / "link").symlink_to(elsewhere)  # a link inside the root leading out
+    outside = str(elsewhere / "a_t1.nii.gz") if outside == "ABSOLUTE" else outside
+    (root / "cases.csv").write_text(f"case,image,label\na,{outside},scans/a_seg.nii.gz\n")
+    with pytest.raises(MedtuneError, match="line 2: the image .* lies outside the dataset root"):
+        FolderDataset(root, csv="cases.csv")
+    dataset = FolderDataset(root, csv="cases.csv", allow_outside_root=True, normalize=False)
+    np.testing.assert_array_equal(dataset[0][0][0].numpy(), image)
+
+
 def test_a_mismatched_image_label_pair_names_the_case_and_both_shapes(tmp_path):
     write_case(tmp_path, "fine", *volume((8, 8, 8), 0))
     image, _ = volume((8, 8, 8), 1)
