@@ -1,4 +1,5 @@
-"""The ``medtune`` command line: run, resume, status, report, compare, plugins, doctor and bench."""
+"""The ``medtune`` command line: run, resume, status, report, backup, compare, plugins, doctor
+and bench."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from medtune import doctor
+from medtune import __version__, doctor
 from medtune.errors import MedtuneError
 from medtune.registry import KINDS, registry
+from medtune.tables import verbatim
+
+
+#: The width of output that is not a terminal (a pipe or a file): wide enough that no table
+#: column is cut.
+PIPE_WIDTH = 10_000
 
 
 def _cmd_plugins(args: argparse.Namespace, console: Console) -> int:
@@ -23,7 +29,8 @@ def _cmd_plugins(args: argparse.Namespace, console: Console) -> int:
         sources.add_column(column)
     for info in infos:
         status = "[red]broken[/red]" if info.broken else "ok"
-        sources.add_row(info.name, info.distribution, info.version, status)
+        sources.add_row(verbatim(info.name), verbatim(info.distribution), verbatim(info.version),
+                        status)
     console.print(sources)
     provided = Table(title="what they provide")
     for column in ("kind", "name", "plugin", "distribution"):
@@ -32,15 +39,17 @@ def _cmd_plugins(args: argparse.Namespace, console: Console) -> int:
         for name, entries in sorted(reg.entries(kind).items()):
             conflict = " [red](conflict: provided twice)[/red]" if len(entries) > 1 else ""
             for entry in entries:
-                provided.add_row(kind, name + conflict, entry.plugin.name, entry.plugin.distribution)
+                provided.add_row(kind, verbatim(name) + conflict, verbatim(entry.plugin.name),
+                                 verbatim(entry.plugin.distribution))
     for entry in reg.kernel_impls():
         impl = entry.factory
         label = f"{getattr(impl, 'op', '?')}/{getattr(impl, 'backend', '?')}"
-        provided.add_row("kernel_impl", label, entry.plugin.name, entry.plugin.distribution)
+        provided.add_row("kernel_impl", verbatim(label), verbatim(entry.plugin.name),
+                         verbatim(entry.plugin.distribution))
     console.print(provided)
     for info in infos:
         for problem in info.problems:
-            console.print(f"[red]broken:[/red] {info.label} {problem}")
+            console.print(f"[red]broken:[/red] {verbatim(info.label)} {verbatim(problem)}")
     return 0
 
 
@@ -50,13 +59,13 @@ def _cmd_doctor(args: argparse.Namespace, console: Console) -> int:
     table.add_column("item")
     table.add_column("value")
     for key, value in report.environment:
-        table.add_row(key, value)
+        table.add_row(verbatim(key), verbatim(value))
     console.print(table)
     ops = Table(title="kernel backends (chosen first, then the alternatives)")
     for column in ("op", "device", "uses", "alternatives"):
         ops.add_column(column)
     for row in report.ops:
-        ops.add_row(row.op, row.device, row.chosen, "; ".join(row.alternatives))
+        ops.add_row(*map(verbatim, (row.op, row.device, row.chosen, "; ".join(row.alternatives))))
     console.print(ops)
     return 0
 
@@ -80,9 +89,14 @@ def _cmd_study(args: argparse.Namespace, console: Console) -> int:
         studies.run(args.config, console, scale=args.scale)
     elif args.command == "compare":
         studies.compare(args.studies, console, out=args.out)
+    elif args.command == "backup":
+        studies.backup(studies.locate(args.study), args.destination, console)
     else:
-        getattr(studies, args.command)(args.study, console)
+        getattr(studies, args.command)(studies.locate(args.study), console)
     return 0
+
+
+STUDY_HELP = "study file (.sqlite), or a study's name, looked up as studies/NAME.sqlite"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="medtune",
         description="Tune medical-imaging deep learning: losses, search, kernels.",
     )
+    parser.add_argument("--version", action="version", version=f"medtune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="run the study a TOML configuration describes")
     run.add_argument("config", nargs="?", default=None,
@@ -101,7 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("resume", "continue a study whose driver stopped or was killed"),
                        ("status", "trial counts by state and the best trial of a study"),
                        ("report", "write a study's HTML report with plots")):
-        commands.add_parser(name, help=text).add_argument("study", help="study file (.sqlite)")
+        commands.add_parser(name, help=text).add_argument("study", help=STUDY_HELP)
+    backup = commands.add_parser(
+        "backup", help="copy a study, even a running one, to one new self-contained file")
+    backup.add_argument("study", help=STUDY_HELP)
+    backup.add_argument("destination", help="the copy's file, which must not exist yet")
     compare = commands.add_parser(
         "compare", help="compare studies of several searchers and seeds in one figure and table")
     compare.add_argument("studies", nargs="+", help="study files (.sqlite), e.g. one per method "
@@ -120,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    console = Console()
+    # Piped or redirected output has no width to fit: tables show whole values instead of
+    # cutting them at 80 columns. Emoji codes stay text (":x:" in a choice is not an emoji).
+    console = Console(emoji=False)
+    if not console.is_terminal:
+        console = Console(emoji=False, width=PIPE_WIDTH)
     if argv[:1] == ["bench"]:
         sys.path.insert(0, ".")
         return _cmd_bench(argv[1:], console)
@@ -130,8 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args, console)
     except MedtuneError as exc:
         # one line; escaped, so a [table] named in the message is printed, not read as markup
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {verbatim(exc)}", highlight=False, soft_wrap=True)
         return 2
+    except KeyboardInterrupt as exc:
+        # Ctrl-C: one line, no traceback, and the shell's status for SIGINT. A study says what
+        # it recorded and how to continue (medtune.study.runner.StudyInterrupted).
+        console.print(verbatim(str(exc) or "Interrupted."), highlight=False, soft_wrap=True)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ Layout::
     name = "search_small_lesions"
     direction = "maximize"           # or "minimize"
     n_trials = 12                    # and/or timeout = seconds
+    trial_timeout = 600              # seconds one trial may run, then it fails (reason timeout);
+                                     # default: the task's own limit (built-in tasks: none); 0: none
     seed = 0
     storage = "studies/search_small_lesions.sqlite"   # default: studies/<name>.sqlite (from the cwd)
     executor = "inline"              # "process" or "ray"
@@ -136,6 +138,7 @@ class StudyConfig:
     table: TableSpec | None = None
     scale: ScaleSpec | None = None
     replay: ReplaySpec | None = None
+    trial_timeout: float | None = None  # None: the task's own limit; 0: no limit
     source: str = ""
     path: Path | None = field(default=None, repr=False)
 
@@ -166,6 +169,10 @@ def _choice(value: str, choices: tuple[str, ...], where: str) -> str:
     return value
 
 
+#: The keys of the [study] table.
+STUDY_KEYS = frozenset({"name", "direction", "n_trials", "timeout", "seed", "storage", "executor",
+                        "n_workers", "address", "on_failure", "penalty", "trial_timeout"})
+
 SECTIONS = ("study", "searcher", "objective", "space", "table", "scale", "replay")
 
 
@@ -188,11 +195,10 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
                           f"{', '.join(SECTIONS)}")
     study = dict(_expect(data, "study", dict, where, {}))
     scale_spec = _scale_spec(_expect(data, "scale", dict, where), where)
-    known = {"name", "direction", "n_trials", "timeout", "seed", "storage", "executor", "n_workers",
-             "address", "on_failure", "penalty"}
-    extra = sorted(set(study) - known)
+    extra = sorted(set(study) - STUDY_KEYS)
     if extra:
-        raise ConfigError(f"{where}: [study] has unknown key(s) {', '.join(extra)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(f"{where}: [study] has unknown key(s) {', '.join(extra)}; known: "
+                          f"{', '.join(sorted(STUDY_KEYS))}")
     w = f"{where}: study"
     name = _expect(study, "name", str, w, Path(where).stem if where != "<string>" else "study")
     n_trials = _expect(study, "n_trials", int, w)
@@ -201,11 +207,17 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
         raise ConfigError(f"{w}.n_trials: expected a positive integer, got {n_trials}")
     if timeout is not None and timeout <= 0:
         raise ConfigError(f"{w}.timeout: expected a positive number of seconds, got {timeout}")
+    trial_timeout = _expect(study, "trial_timeout", (int, float), w)
+    if trial_timeout is not None and not 0 <= trial_timeout < math.inf:
+        raise ConfigError(f"{w}.trial_timeout: expected a positive number of seconds (0 for no "
+                          f"limit), got {trial_timeout}")
     n_workers = _expect(study, "n_workers", int, w, 1)
     if n_workers < 1:
         raise ConfigError(f"{w}.n_workers: expected a positive integer, got {n_workers}")
     on_failure = _choice(_expect(study, "on_failure", str, w, "exclude"), FAILURE_POLICIES, f"{w}.on_failure")
     penalty = _expect(study, "penalty", (int, float), w)
+    if penalty is not None and not math.isfinite(penalty):
+        raise ConfigError(f"{w}.penalty: expected a finite number, got {penalty!r}")
     if on_failure == "penalize" and penalty is None:
         raise ConfigError(f"{w}.penalty: on_failure = \"penalize\" needs a penalty value")
     storage = Path(_expect(study, "storage", str, w, f"studies/{name}.sqlite"))
@@ -213,9 +225,11 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
     searcher_table = dict(_expect(data, "searcher", dict, where, {"name": "random"}))
     searcher = _expect(searcher_table, "name", str, f"{where}: searcher", required=True)
     searcher_table.pop("name")
+    _refuse_misplaced(searcher_table, "searcher", where)
 
     objective_table = _expect(data, "objective", dict, where, {"task": "segmentation"})
     ow = f"{where}: objective"
+    _refuse_misplaced(objective_table, "objective", where)
     extra = sorted(set(objective_table) - {"task", "function", "settings"})
     if extra:
         raise ConfigError(f"{ow}: unknown key(s) {', '.join(extra)}; known: task, function, settings")
@@ -258,7 +272,8 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
         direction=_choice(_expect(study, "direction", str, w, "maximize"), DIRECTIONS, f"{w}.direction"),
         n_trials=n_trials,
         timeout=float(timeout) if timeout is not None else None,
-        seed=_expect(study, "seed", int, w, 0),
+        trial_timeout=float(trial_timeout) if trial_timeout is not None else None,
+        seed=_seed(_expect(study, "seed", int, w, 0), f"{w}.seed"),
         storage=storage if storage.is_absolute() else Path.cwd() / storage,
         executor=_choice(_expect(study, "executor", str, w, "inline"), EXECUTORS, f"{w}.executor"),
         n_workers=n_workers,
@@ -276,6 +291,23 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
         source=text,
         path=Path(path) if where != "<string>" else None,
     )
+
+
+def _seed(value: int, where: str) -> int:
+    """A study seed: trial seeds are drawn from it by ``numpy.random.SeedSequence``, which takes
+    non-negative integers only."""
+    if value < 0:
+        raise ConfigError(f"{where}: expected a non-negative integer, got {value}")
+    return value
+
+
+def _refuse_misplaced(table: dict, section: str, where: str) -> None:
+    """A [study] key written in another section: name the section it belongs in."""
+    misplaced = sorted(set(table) & STUDY_KEYS)
+    if misplaced:
+        keys = ", ".join(misplaced)
+        raise ConfigError(f"{where}: [{section}] {keys}: {'these belong' if len(misplaced) > 1 else 'it belongs'} "
+                          f"in [study], not in [{section}]; move {'them' if len(misplaced) > 1 else 'it'} there")
 
 
 def _table_spec(table: dict | None, space: dict[str, Any], name: str, where: str) -> TableSpec | None:
@@ -403,7 +435,11 @@ def load_config(path: str | Path, scale: float | None = None) -> StudyConfig:
     """Read and validate a study TOML file (scaled by ``scale``, see :func:`parse_config`)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start}: "
+                          f"{exc.object[exc.start:exc.start + 1]!r}); save the configuration as "
+                          "UTF-8 TOML") from None
     return parse_config(text, path, scale)

@@ -2,8 +2,10 @@
 
 Plots: the best value so far against completed trials (with every trial's value and the
 running median of all trials, as in seed 004 Fig. 2.10), the best value so far against wall
-time, the objective against each parameter (shaded by training budget), and the learning
-curves that trials reported (value per epoch or resource level).
+time, the objective against each parameter (shaded by training budget; ordinal and categorical
+parameters as evenly spaced categories in the space's order), and the learning curves that
+trials reported (value per epoch or resource level, coloured by the loss or another
+categorical parameter; a trial that reported one value is a dot).
 
 For model-based searchers (``bayes``, ``bohb``), whose suggestions carry the surrogate's
 prediction in ``tag["model"]`` (``mean`` and ``std`` in the told units, ``relevance`` per
@@ -45,15 +47,32 @@ from typing import Any
 from medtune.config import ConfigError, parse_config
 from medtune.errors import MedtuneError
 from medtune.search.replay import TabulatedObjective, format_table, replay
-from medtune.search.space import SearchSpace
+from medtune.search.space import Categorical, Float, Int, Ordinal, SearchSpace
 from medtune.study.store import StudyStore, Trial, TrialState
 from medtune.tasks.segmentation import LESION_BINS
-from medtune.tables import ResultTable, study_table
+from medtune.tables import ResultTable, format_config, format_number, study_table
 
 #: The model plot appears once at least this many finished trials carry a model prediction.
 MIN_MODEL_TRIALS = 3
 #: Half-width of the prediction band in predictive standard deviations (a 95 % normal interval).
 BAND_Z = 1.96
+#: Learning curves are coloured by a categorical or ordinal parameter with at most this many
+#: values among the trials (else by trial, with a colour bar).
+MAX_CURVE_COLOURS = 10
+#: Without a search space, an integer parameter taking at most this many values is drawn as
+#: categories (it is most likely an ordinal one, e.g. widths 4, 8, 16).
+MAX_INTEGER_CATEGORIES = 8
+#: A category longer than this many characters is shortened (ending in "…") on a plot's axis
+#: or legend.
+MAX_LABEL = 24
+#: How the adaptive GLF coefficient series (seed 002 Fig. 6 and 7) are labelled in plots.
+GLF_LABELS = {
+    "glf_alpha_p": r"$\alpha_P$",
+    "glf_alpha_n": r"$\alpha_N$",
+    "glf_beta2": r"$\beta^2$",
+    "glf_alpha_p_tversky": r"$\alpha_P$ (Tversky plane)",
+    "glf_alpha_n_tversky": r"$\alpha_N$ (Tversky plane)",
+}
 
 
 def _finished(store: StudyStore) -> list[Trial]:
@@ -172,11 +191,38 @@ def _pyplot():
     return plt
 
 
+def _short(label: str) -> str:
+    """``label`` cut to :data:`MAX_LABEL` characters (ending in "…" when cut)."""
+    return label if len(label) <= MAX_LABEL else label[: MAX_LABEL - 1] + "…"
+
+
+def _save(fig, folder: Path, name: str) -> str:
+    """Lay out, write ``folder/name`` and close ``fig``; returns ``name``."""
+    plt = _pyplot()
+    fig.tight_layout()
+    fig.savefig(folder / name, dpi=100)
+    plt.close(fig)
+    return name
+
+
+def _study_space(store: StudyStore) -> SearchSpace | None:
+    """The search space of the study's stored configuration (None without one that parses):
+    the plots draw ordinal and categorical parameters as categories, in the space's order."""
+    config = _stored_config(store)
+    if config is None:
+        return None
+    try:
+        return SearchSpace.from_dict(config.space)
+    except MedtuneError:
+        return None
+
+
 def _plot(store: StudyStore, trials: list[Trial], folder: Path) -> list[str]:
     plt = _pyplot()
     maximize = store.direction == "maximize"
     values = [t.value if t.state == TrialState.COMPLETE else None for t in trials]
     order = list(range(1, len(trials) + 1))
+    space = _study_space(store)
     names = []
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -195,10 +241,7 @@ def _plot(store: StudyStore, trials: list[Trial], folder: Path) -> list[str]:
     ax.set_title(f"{store.name}: best so far ({'max' if maximize else 'min'}imize)"
                  + (f"; {len(failed)} failed (red)" if failed else ""))
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "best_by_trial.png", dpi=100)
-    plt.close(fig)
-    names.append("best_by_trial.png")
+    names.append(_save(fig, folder, "best_by_trial.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     if trials:
@@ -209,44 +252,117 @@ def _plot(store: StudyStore, trials: list[Trial], folder: Path) -> list[str]:
     ax.set_xlabel("wall time (minutes)")
     ax.set_ylabel("best objective so far")
     ax.set_title("best so far over time")
-    fig.tight_layout()
-    fig.savefig(folder / "best_by_time.png", dpi=100)
-    plt.close(fig)
-    names.append("best_by_time.png")
+    names.append(_save(fig, folder, "best_by_time.png"))
 
+    fig = parameters_figure(trials, space)
+    if fig is not None:
+        names.append(_save(fig, folder, "parameters.png"))
+    fig = learning_curves_figure(trials, space)
+    if fig is not None:
+        names.append(_save(fig, folder, "learning_curves.png"))
+    return names
+
+
+def parameters_figure(trials: Sequence[Trial], space: SearchSpace | None = None):
+    """The objective of the COMPLETE ``trials`` against each parameter, shaded by training
+    budget (a matplotlib figure, None without a completed trial). Ordinal and categorical
+    parameters of ``space`` are drawn as categories, evenly spaced in the space's order."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     names_seen = sorted({name for t in complete for name in t.config})
-    if complete and names_seen:
-        fig, axes = plt.subplots(1, len(names_seen), figsize=(3.2 * len(names_seen), 3.2),
-                                 squeeze=False)
-        for ax, name in zip(axes[0], names_seen):
-            having = [t for t in complete if name in t.config]
-            _parameter_panel(ax, name, [(t.config[name], t.value) for t in having],
-                             [t.resource or 0.0 for t in having])
-        axes[0][0].set_ylabel("objective")
-        budgets = sorted({t.resource for t in complete if t.resource is not None})
-        note = f"; darker = larger budget ({', '.join(f'{b:g}' for b in budgets)})" if len(budgets) > 1 else ""
-        fig.suptitle("objective against each parameter (completed trials" + note + ")")
-        fig.tight_layout()
-        fig.savefig(folder / "parameters.png", dpi=100)
-        plt.close(fig)
-        names.append("parameters.png")
+    if not complete or not names_seen:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(names_seen), figsize=(3.2 * len(names_seen), 3.2),
+                             squeeze=False)
+    for ax, name in zip(axes[0], names_seen):
+        having = [t for t in complete if name in t.config]
+        parameter = space[name] if space is not None and name in space.names else None
+        _parameter_panel(ax, name, [(t.config[name], t.value) for t in having],
+                         [t.resource or 0.0 for t in having], parameter)
+    axes[0][0].set_ylabel("objective")
+    budgets = sorted({t.resource for t in complete if t.resource is not None})
+    note = (f"; darker = larger budget ({', '.join(f'{b:g}' for b in budgets)})"
+            if len(budgets) > 1 else "")
+    fig.suptitle("objective against each parameter (completed trials" + note + ")")
+    return fig
 
+
+def _colour_key(trials: Sequence[Trial], space: SearchSpace | None) -> tuple[str, list[str]] | None:
+    """The parameter that colours the learning curves and its values as shown, in order: the
+    ``loss`` if it varies, else the first categorical, else the first ordinal parameter that
+    takes 2 to :data:`MAX_CURVE_COLOURS` values among ``trials``. Without a space, parameters
+    whose values are all strings count as categorical. None when no parameter qualifies."""
+    candidates = []
+    if space is not None:
+        for parameter in space.parameters:
+            if isinstance(parameter, (Categorical, Ordinal)):
+                categorical = isinstance(parameter, Categorical)
+                values = parameter.choices if categorical else parameter.values
+                rank = 0 if parameter.name == "loss" else 1 if categorical else 2
+                candidates.append((rank, parameter.name, [format_number(v) for v in values]))
+    else:
+        for name in sorted({name for t in trials for name in t.config}):
+            values = [t.config[name] for t in trials if name in t.config]
+            if all(isinstance(v, str) for v in values):
+                candidates.append((0 if name == "loss" else 1, name, sorted(set(values))))
+    for _, name, values in sorted(candidates, key=lambda c: c[0]):
+        seen = {format_number(t.config[name]) for t in trials if name in t.config}
+        used = [v for v in dict.fromkeys(values) if v in seen]
+        if 2 <= len(used) <= MAX_CURVE_COLOURS:
+            return name, used
+    return None
+
+
+def learning_curves_figure(trials: Sequence[Trial], space: SearchSpace | None = None):
+    """The value each trial reported per epoch or resource level (a matplotlib figure, None
+    when no trial reported any). Curves are coloured by a parameter (see :func:`_colour_key`,
+    with a legend) or else by trial (with a colour bar); a trial that reported one value is a
+    marker; failed trials are dotted."""
     curves = [t for t in trials if t.intermediate]
-    if curves:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for t in curves:
-            steps = sorted(t.intermediate)
-            ax.plot(steps, [t.intermediate[s] for s in steps], alpha=0.6, lw=1,
-                    color="C3" if t.state == TrialState.FAIL else "C0")
-        ax.set_xlabel("epoch / resource")
-        ax.set_ylabel("reported value")
-        ax.set_title("learning curves reported by the trials")
-        fig.tight_layout()
-        fig.savefig(folder / "learning_curves.png", dpi=100)
-        plt.close(fig)
-        names.append("learning_curves.png")
-    return names
+    if not curves:
+        return None
+    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    key = _colour_key(curves, space)
+    if key is not None:
+        name, values = key
+        colours = {value: f"C{i}" for i, value in enumerate(values)}
+        colour_of = [colours.get(format_number(t.config[name]), "0.5") if name in t.config
+                     else "0.5" for t in curves]
+    else:
+        cmap = plt.get_cmap("viridis")
+        colour_of = [cmap(i / max(len(curves) - 1, 1)) for i in range(len(curves))]
+    for trial, colour in zip(curves, colour_of):
+        steps = sorted(trial.intermediate)
+        ax.plot(steps, [trial.intermediate[s] for s in steps], color=colour, alpha=0.7, lw=1,
+                ls=":" if trial.state == TrialState.FAIL else "-",
+                marker="o" if len(steps) == 1 else None, ms=4)
+    failed = any(t.state == TrialState.FAIL for t in curves)
+    if key is not None:
+        handles = [Line2D([], [], color=colours[value], marker="o", ms=4,
+                          label=f"{name} = {_short(value)}") for value in values]
+        if any(name not in t.config for t in curves):
+            handles.append(Line2D([], [], color="0.5", label=f"{name} not set"))
+        if failed:
+            handles.append(Line2D([], [], color="0.3", ls=":", label="failed trial"))
+        ax.legend(handles=handles, fontsize=8, loc="best")
+    else:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        mappable = ScalarMappable(Normalize(1, max(len(curves), 2)), plt.get_cmap("viridis"))
+        fig.colorbar(mappable, ax=ax, label="trial (in completion order)")
+        if failed:
+            ax.legend(handles=[Line2D([], [], color="0.3", ls=":", label="failed trial")],
+                      fontsize=8, loc="best")
+    ax.set_xlabel("epoch / resource")
+    ax.set_ylabel("reported value")
+    ax.set_title(f"learning curves reported by {len(curves)} trials"
+                 + (" (a dot: a trial that reported one value)"
+                    if any(len(t.intermediate) == 1 for t in curves) else ""))
+    return fig
 
 
 def _ranked(trials: Sequence[Trial], direction: str) -> list[Trial]:
@@ -268,14 +384,11 @@ TASK_FIGURES = (
 
 
 def config_lines(config: Mapping[str, Any], width: int = 90, lines: int = 3) -> list[str]:
-    """A trial's configuration as ``key=value`` lines for a plot title: floats to three
-    significant digits, wrapped at ``width`` characters, at most ``lines`` lines (the last
-    ends in "..." when more would follow)."""
-
-    def value(v: Any) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    wrapped = textwrap.wrap(", ".join(f"{k}={value(v)}" for k, v in sorted(config.items())), width)
+    """A trial's configuration as ``key=value`` lines for a plot title (see
+    :func:`medtune.tables.format_config`): floats to three significant digits, wrapped at
+    ``width`` characters, at most ``lines`` lines (the last ends in "..." when more would
+    follow)."""
+    wrapped = textwrap.wrap(format_config(config, digits=3), width)
     if len(wrapped) > lines:
         wrapped = wrapped[:lines]
         wrapped[-1] = wrapped[-1][: width - 3].rstrip(", ") + "..."
@@ -330,23 +443,44 @@ def _plot_metrics(store: StudyStore, trials: list[Trial], folder: Path) -> list[
     with_series = next((t for t in ranked if any(_trajectory(k, v) for k, v in t.metrics.items())),
                        None)
     if with_series is not None:
-        series = {k: v for k, v in sorted(with_series.metrics.items()) if _trajectory(k, v)}
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for name, values in series.items():
-            ax.plot(range(1, len(values) + 1), values, label=name)
-        if all(v > 0 for values in series.values() for v in values if _finite(v)):
-            ax.set_yscale("log")
-        ax.set_xlabel("training step")
-        ax.legend(fontsize=8)
-        ax.set_title("\n".join([f"trajectories of trial {with_series.id}",
-                                *config_lines(with_series.config)]), fontsize=8)
-        fig.tight_layout()
-        fig.savefig(folder / "trajectories.png", dpi=100)
-        plt.close(fig)
+        _save(trajectories_figure(with_series), folder, "trajectories.png")
         figures.append(("trajectories.png", f"Per-step trajectories of trial {with_series.id}, "
                         "the best trial that records any (e.g. adaptive GLF coefficients)"))
     figures.extend(_plot_tversky_plane(ranked, folder))
     return figures
+
+
+def glf_label(name: str) -> str:
+    """How a ``glf_*`` series is labelled in plots: :data:`GLF_LABELS`, else the name without
+    its prefix, in words."""
+    return GLF_LABELS.get(name, name.removeprefix("glf_").replace("_", " "))
+
+
+def trajectories_figure(trial: Trial):
+    """The per-step series of ``trial`` (the adaptive GLF coefficients, seed 002 Fig. 6) as a
+    matplotlib figure: one labelled line each (a Tversky-plane projection dashed, in its
+    coefficient's colour), on a log axis when every value is positive."""
+    plt = _pyplot()
+    series = {k: v for k, v in trial.metrics.items() if _trajectory(k, v)}
+    known = [name for name in GLF_LABELS if name in series]
+    names = known + sorted(set(series) - set(known))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours: dict[str, str] = {}
+    for name in names:
+        base = name.removesuffix("_tversky")
+        colour = colours.setdefault(base, f"C{len(colours)}")
+        values = series[name]
+        ax.plot(range(1, len(values) + 1), values, color=colour,
+                ls="--" if name.endswith("_tversky") else "-", label=glf_label(name))
+    logarithmic = all(v > 0 for values in series.values() for v in values if _finite(v))
+    if logarithmic:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("coefficient value" + (" (log scale)" if logarithmic else ""))
+    ax.legend(fontsize=8)
+    ax.set_title("\n".join([f"trajectories of trial {trial.id}", *config_lines(trial.config)]),
+                 fontsize=8)
+    return fig
 
 
 def _plot_tversky_plane(ranked: Sequence[Trial], folder: Path) -> list[tuple[str, str]]:
@@ -370,7 +504,7 @@ def _plot_tversky_plane(ranked: Sequence[Trial], folder: Path) -> list[tuple[str
     logarithmic = low > 0 and high / low > 20
     line = [0.02 * k for k in range(1, 100)] if logarithmic else [0.0, 2.0]
     ax.plot(line, [2 - x for x in line], color="0.6", lw=1.5,
-            label="Effectiveness (α_p + α_n = 2)")
+            label=r"Effectiveness ($\alpha_P + \alpha_N = 2$)")
     ax.plot(alpha_p, alpha_n, color="0.8", lw=0.8, zorder=1)
     points = ax.scatter(alpha_p, alpha_n, c=range(1, len(alpha_p) + 1), cmap="viridis", s=14,
                         zorder=2)
@@ -384,8 +518,8 @@ def _plot_tversky_plane(ranked: Sequence[Trial], folder: Path) -> list[tuple[str
     else:
         ax.set_xlim(0, high * 1.05)
         ax.set_ylim(0, high * 1.05)
-    ax.set_xlabel("α_p, Tversky")
-    ax.set_ylabel("α_n, Tversky")
+    ax.set_xlabel(glf_label(names[0]))
+    ax.set_ylabel(glf_label(names[1]))
     ax.legend(fontsize=8, loc="upper right")
     ax.set_title(f"GLF coefficients in the Tversky plane: trial {trial.id} "
                  f"({trial.config.get('loss', '')})", fontsize=9)
@@ -411,8 +545,11 @@ def _plot_model(store: StudyStore, trials: list[Trial], folder: Path) -> list[tu
     return figures
 
 
-def _plot_calibration(calibration: dict[str, Any], trials: list[Trial], folder: Path) -> str:
-    """Predicted (with the 95 % band) against observed values over trials; returns the caption."""
+def calibration_figure(calibration: dict[str, Any], trials: Sequence[Trial]):
+    """Predicted values with their 95 % band against the observed values over ``trials`` (what
+    :func:`model_calibration` returned for them), as a matplotlib figure. The value axis holds
+    the whole band, however wide: a band cut at the axis would hide what the model did not
+    know."""
     plt = _pyplot()
     points = calibration["points"]
     xs = [p["position"] for p in points]
@@ -436,11 +573,10 @@ def _plot_calibration(calibration: dict[str, Any], trials: list[Trial], folder: 
     for p in points:
         if p["observed"] is None:
             ax.axvline(p["position"], color="C3", alpha=0.25, lw=1)
-    # Limits from the predictions and observations: an early, very wide band is cut off
-    # rather than flattening everything else.
-    shown = means + [p["observed"] for p in compared] + [value for _, value in unpredicted]
+    shown = ([m - h for m, h in zip(means, half)] + [m + h for m, h in zip(means, half)]
+             + [p["observed"] for p in compared] + [value for _, value in unpredicted])
     low, high = min(shown), max(shown)
-    margin = 0.1 * (high - low) or 0.1 * abs(high) or 1.0
+    margin = 0.05 * (high - low) or 0.1 * abs(high) or 1.0
     ax.set_ylim(low - margin, high + margin)
     ax.set_xlim(0.5, len(trials) + 0.5)
     ax.set_xlabel("completed trials")
@@ -449,10 +585,13 @@ def _plot_calibration(calibration: dict[str, Any], trials: list[Trial], folder: 
     ax.set_title("model prediction against observed value" + (
         f" ({coverage:.0%} inside the band)" if coverage is not None else ""))
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(folder / "model.png", dpi=100)
-    plt.close(fig)
+    return fig
 
+
+def _plot_calibration(calibration: dict[str, Any], trials: list[Trial], folder: Path) -> str:
+    """Write ``model.png`` (see :func:`calibration_figure`); returns its caption."""
+    _save(calibration_figure(calibration, trials), folder, "model.png")
+    coverage = calibration["coverage"]
     caption = ("The searcher's model: the value it predicted for each trial before the trial ran "
                "(red, with the shaded 95 % band, mean ± 1.96 predictive std) against the value "
                "observed (blue; grey: trials proposed without the model). ")
@@ -490,22 +629,49 @@ def _plot_relevance(relevance: dict[str, Any], folder: Path) -> str:
             "model found it matters little.")
 
 
-def _parameter_panel(ax, name: str, points: list[tuple[object, float]],
-                     budgets: list[float]) -> None:
-    """Objective against one parameter: a scatter for numbers, a strip per category otherwise."""
+def _parameter_panel(ax, name: str, points: list[tuple[object, float]], budgets: list[float],
+                     parameter: Any = None) -> None:
+    """Objective against one parameter. An ordinal or categorical ``parameter``, integers
+    taking few values and anything not a number are categories: evenly spaced, one labelled
+    tick per value (an ordinal's or a categorical's every value, in the space's order; otherwise
+    the values seen, sorted). Other numbers are a scatter, on a log axis when the parameter is
+    log-scaled (or, without ``parameter``, when the values span more than a factor 100)."""
     values = [v for _, v in points]
     style = {"s": 14, "c": budgets, "cmap": "Blues", "vmin": -0.5 * max(budgets + [1.0]),
              "edgecolors": "0.3", "linewidths": 0.3}
-    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _ in points):
-        xs = [float(x) for x, _ in points]
-        ax.scatter(xs, values, **style)
-        if min(xs) > 0 and max(xs) / min(xs) > 100:
-            ax.set_xscale("log")
+    xs = [x for x, _ in points]
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+    if isinstance(parameter, Ordinal):
+        categories = [format_number(v) for v in parameter.values]
+    elif isinstance(parameter, Categorical):
+        categories = [format_number(v) for v in parameter.choices]
+    elif parameter is None and numbers and all(isinstance(x, int) for x in xs) \
+            and len(set(xs)) <= MAX_INTEGER_CATEGORIES:
+        categories = [format_number(v) for v in sorted(set(xs))]
+    elif parameter is None and not numbers:
+        categories = sorted({format_number(x) for x in xs})
     else:
-        categories = sorted({str(x) for x, _ in points})
+        categories = None
+    if categories is None:
+        floats = [float(x) for x in xs]
+        ax.scatter(floats, values, **style)
+        log = (parameter.log if isinstance(parameter, (Float, Int))
+               else min(floats) > 0 and max(floats) / min(floats) > 100)
+        if log and min(floats) > 0:
+            ax.set_xscale("log")
+            if max(floats) / min(floats) < 30:  # within a decade or so: label 1, 2, 5 x 10^k
+                from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+                ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        categories = list(dict.fromkeys(categories))
         position = {c: i for i, c in enumerate(categories)}
-        ax.scatter([position[str(x)] for x, _ in points], values, **style)
-        ax.set_xticks(range(len(categories)), categories, rotation=30)
+        ax.scatter([position.get(format_number(x), math.nan) for x in xs], values, **style)
+        ax.set_xticks(range(len(categories)), [_short(c) for c in categories],
+                      rotation=30 if any(len(c) > 3 for c in categories) else 0)
+        ax.set_xlim(-0.5, len(categories) - 0.5)
     ax.set_xlabel(name)
 
 
@@ -708,7 +874,7 @@ def write_comparison(study_paths: Sequence[str | Path], folder: str | Path) -> t
     groups: dict[str, list[tuple[str, dict[str, list[float]], float]]] = {}
     directions = set()
     for path in study_paths:
-        with StudyStore(path) as store:
+        with StudyStore(path, read_only=True) as store:
             config = _stored_config(store)
             searcher = config.searcher if config is not None else "unknown searcher"
             trials = _finished(store)
@@ -758,8 +924,8 @@ def write_comparison(study_paths: Sequence[str | Path], folder: str | Path) -> t
 
     rows = "\n".join(
         f"<tr><td>{html.escape(m.searcher)}</td><td>{len(m.best)}</td>"
-        f"<td>{m.mean:.4g} ± {m.std:.2g}</td>"
-        f"<td>{html.escape(', '.join(f'{b:.4g}' for b in m.best))}</td></tr>"
+        f"<td>{format_number(m.mean)} ± {format_number(m.std, 2)}</td>"
+        f"<td>{html.escape(', '.join(format_number(b) for b in m.best))}</td></tr>"
         for m in summaries)
     page = folder / "comparison.html"
     page.write_text(f"""<!doctype html>
@@ -787,7 +953,9 @@ def write_report(study_path: str | Path, folder: str | Path | None = None) -> Pa
     """
     study_path = Path(study_path)
     folder = Path(folder) if folder is not None else study_path.with_name(study_path.stem + "_report")
-    store = StudyStore(study_path)  # a missing or foreign file fails here, before anything is written
+    # read-only: a report never changes the study; a missing or foreign file fails here,
+    # before anything is written
+    store = StudyStore(study_path, read_only=True)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         trials = _finished(store)
@@ -806,17 +974,18 @@ def write_report(study_path: str | Path, folder: str | Path | None = None) -> Pa
         counts = {state.value: sum(t.state == state for t in store.trials()) for state in TrialState}
         rows = "\n".join(
             "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in (
-                t.id, t.state.value, "" if t.value is None else f"{t.value:.4g}",
+                t.id, t.state.value, "" if t.value is None else format_number(t.value),
                 "" if t.resource is None else f"{t.resource:g}",
                 "" if t.duration is None else f"{t.duration:.1f}",
-                json.dumps(t.config, sort_keys=True),
-                json.dumps(t.metrics, sort_keys=True) if t.metrics else "",
+                format_config(t.config),
+                format_config(t.metrics) if t.metrics else "",
                 (t.failure_reason.value if t.failure_reason else ""),
             )) + "</tr>"
             for t in sorted(store.trials(), key=lambda t: t.id)
         )
         best_text = (
-            f"trial {best.id}: {best.value:.4g} with {html.escape(json.dumps(best.config, sort_keys=True))}"
+            f"trial {best.id}: {format_number(best.value)} with "
+            f"{html.escape(format_config(best.config))}"
             if best is not None else "no completed trial yet"
         )
         page = f"""<!doctype html>

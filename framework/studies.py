@@ -1,9 +1,8 @@
-"""What ``medtune run``, ``resume``, ``status``, ``report`` and ``compare`` do, on top of the
-study loop."""
+"""What ``medtune run``, ``resume``, ``status``, ``report``, ``backup`` and ``compare`` do, on
+top of the study loop."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -14,10 +13,10 @@ from medtune.config import ConfigError, StudyConfig, load_config, parse_config
 from medtune.errors import MedtuneError
 from medtune.report import study_replay, write_comparison, write_report
 from medtune.search.space import SearchSpace
-from medtune.study.executors import ExecutorError, resolve_objective
+from medtune.study.executors import Executor, ExecutorError, make_executor, resolve_objective
 from medtune.study.runner import StudySummary, resume_study, run_study
-from medtune.study.store import StudyStore, TrialState
-from medtune.tables import study_table
+from medtune.study.store import SCHEMA_VERSION, StudyStore, StudyStoreError, TrialState
+from medtune.tables import format_config, format_number, study_table, verbatim
 from medtune.tasks import ConfiguredObjective
 
 
@@ -37,17 +36,42 @@ def _searcher_factory(config: StudyConfig):
         return medtune.create("searcher", config.searcher, space=space, seed=seed,
                               **config.searcher_options)
 
-    build(config.seed)  # validate the searcher and its options before anything is written
+    try:  # validate the searcher and its options before anything is written
+        build(config.seed)
+    except TypeError as exc:  # an option the searcher's constructor does not take
+        raise ConfigError(f"{config.path or '<config>'}: searcher {config.searcher!r}: {exc}; "
+                          "check the option names of [searcher]") from None
     return build
+
+
+def _import_path(config: StudyConfig) -> tuple[str, ...]:
+    """Where a ``function = "module:function"`` objective is looked for after the installed
+    packages and PYTHONPATH, in the driver and in the workers: the configuration's folder
+    (a ``quad.py`` beside it), then the current directory."""
+    folders = [config.path.resolve().parent] if config.path is not None else []
+    folders.append(Path.cwd())
+    return tuple(dict.fromkeys(str(folder) for folder in folders))
 
 
 def _check_objective(config: StudyConfig) -> None:
     """Import the objective before anything is written: a name that does not import would
     otherwise fail every trial of the study."""
     try:
-        resolve_objective(config.objective)
+        resolve_objective(config.objective, _import_path(config))
     except ExecutorError as exc:
         raise ConfigError(f"{config.path or '<config>'}: objective: {exc}") from None
+
+
+def _executor(config: StudyConfig, objective: ConfiguredObjective) -> Executor:
+    """The study's executor, built before anything is written: an option it refuses or a Ray
+    cluster it cannot reach leaves no study file behind."""
+    options = {"address": config.address} if config.address else {}
+    try:
+        return make_executor(config.executor, objective, config.n_workers,
+                             trial_timeout=config.trial_timeout,
+                             import_path=_import_path(config), **options)
+    except ExecutorError as exc:
+        raise ConfigError(f"{config.path or '<config>'}: study: {exc}") from None
 
 
 def _check_replay(config: StudyConfig) -> None:
@@ -70,14 +94,12 @@ def _check_replay(config: StudyConfig) -> None:
 
 
 def _run_options(config: StudyConfig) -> dict:
-    executor_options = {"address": config.address} if config.address else {}
+    """The study loop's settings (the executor's are given to it in :func:`_executor`)."""
     return dict(
         n_trials=config.n_trials,
         timeout=config.timeout,
-        n_workers=config.n_workers,
         on_failure=config.on_failure,
         penalty=config.penalty,
-        executor_options=executor_options,
     )
 
 
@@ -99,19 +121,21 @@ def run(config_path: str | Path | None, console: Console, scale: float | None = 
             f"{config.storage} already exists: continue it with `medtune resume {config.storage}` "
             "or set another study.storage"
         )
-    try:
-        config.storage.parent.mkdir(parents=True, exist_ok=True)
-        store = StudyStore.create(config.storage, name=config.name, direction=config.direction,
-                                  seed=config.seed, config_text=config.source)
-    except OSError as exc:
-        raise ConfigError(
-            f"{config.path or '<config>'}: study.storage: cannot create {config.storage} "
-            f"({exc.strerror or exc}); set study.storage to a writable path"
-        ) from None
-    with store:
-        summary = run_study(store, build(config.seed),
-                            ConfiguredObjective(config.objective, config.settings),
-                            config.executor, **_run_options(config))
+    objective = ConfiguredObjective(config.objective, config.settings)
+    with _executor(config, objective) as executor:
+        try:
+            config.storage.parent.mkdir(parents=True, exist_ok=True)
+            store = StudyStore.create(config.storage, name=config.name,
+                                      direction=config.direction, seed=config.seed,
+                                      config_text=config.source)
+        except OSError as exc:
+            raise ConfigError(
+                f"{config.path or '<config>'}: study.storage: cannot create {config.storage} "
+                f"({exc.strerror or exc}); set study.storage to a writable path"
+            ) from None
+        with store:
+            summary = run_study(store, build(config.seed), objective, executor,
+                                **_run_options(config))
     _finish(config.storage, summary, console)
     return config.storage
 
@@ -122,36 +146,72 @@ def resume(study_path: str | Path, console: Console) -> Path:
     with StudyStore(study_path) as store:
         config = parse_config(store.config_text, f"{study_path} (stored configuration)")
     _check_objective(config)
-    summary = resume_study(study_path, _searcher_factory(config),
-                           ConfiguredObjective(config.objective, config.settings),
-                           config.executor, **_run_options(config))
+    build = _searcher_factory(config)
+    objective = ConfiguredObjective(config.objective, config.settings)
+    with _executor(config, objective) as executor:
+        summary = resume_study(study_path, build, objective, executor, **_run_options(config))
     _finish(study_path, summary, console)
     return study_path
 
 
+def locate(study: str | Path) -> Path:
+    """The study file ``study`` names: a path as given, or a bare study name (no folder, no
+    suffix) looked up as ``studies/NAME.sqlite``, where ``medtune run`` puts studies by default."""
+    path = Path(study)
+    if path.exists() or path.suffix or len(path.parts) != 1:
+        return path
+    candidate = Path("studies") / f"{path.name}.sqlite"
+    if not candidate.exists():
+        raise StudyStoreError(f"no study {study!r}: neither a file {path} nor {candidate} exists "
+                              "here; give the study file's path or the name of a study under "
+                              "studies/")
+    return candidate
+
+
 def status(study_path: str | Path, console: Console) -> None:
-    """Print trial counts by state and the best trial."""
-    with StudyStore(study_path) as store:
+    """Print trial counts by state and the best trial; the study file is only read.
+
+    Trials whose row is damaged are counted apart (each is named in a warning); an older
+    schema is read as it is and upgraded by the next ``run`` or ``resume``.
+    """
+    with StudyStore(study_path, read_only=True) as store:
         trials = store.trials()
-        table = Table(title=f"study {store.name} ({store.direction})")
+        damaged = store.damaged_trials()
+        console.print(f"Study {verbatim(store.name)} ({store.direction}):")
+        table = Table()
         table.add_column("state")
         table.add_column("trials", justify="right")
         for state in TrialState:
             table.add_row(state.value, str(sum(t.state == state for t in trials)))
+        if damaged:
+            table.add_row("damaged", str(len(damaged)))
         console.print(table)
+        if store.info.schema_version < SCHEMA_VERSION:
+            console.print(f"This study file uses schema version {store.info.schema_version}; "
+                          f"`medtune resume` upgrades it to {SCHEMA_VERSION}.")
         best = store.best_trial()
         if best is None:
             console.print("No completed trial yet.")
         else:
-            console.print(f"Best: trial {best.id}, value {best.value:.4g}, "
-                          f"config {json.dumps(best.config, sort_keys=True)}")
+            console.print(f"Best: trial {best.id}, value {format_number(best.value)}, "
+                          f"config {verbatim(format_config(best.config))}")
 
 
 def report(study_path: str | Path, console: Console) -> Path:
     """Write the HTML report and its plots; returns the HTML path."""
     page = write_report(study_path)
-    console.print(f"Report: {page}")
+    console.print(f"Report: {verbatim(page)}")
     return page
+
+
+def backup(study_path: str | Path, destination: str | Path, console: Console) -> Path:
+    """Copy a study, even one that is running, to the new file ``destination`` (see
+    :meth:`~medtune.study.store.StudyStore.backup`) and print how many trials it holds."""
+    with StudyStore(study_path, read_only=True) as store:
+        copied = store.backup(destination)
+    console.print(f"Copied {copied} trials of {verbatim(study_path)} to {verbatim(destination)}.",
+                  highlight=False, soft_wrap=True)
+    return Path(destination)
 
 
 def compare(study_paths: list[str | Path], console: Console, out: str | Path | None = None) -> Path:
@@ -164,10 +224,11 @@ def compare(study_paths: list[str | Path], console: Console, out: str | Path | N
     for column in ("searcher", "studies", "best value (mean ± std)", "per study"):
         table.add_column(column)
     for item in summaries:
-        table.add_row(item.searcher, str(len(item.best)), f"{item.mean:.4g} ± {item.std:.2g}",
-                      ", ".join(f"{b:.4g}" for b in item.best))
+        table.add_row(verbatim(item.searcher), str(len(item.best)),
+                      f"{format_number(item.mean)} ± {format_number(item.std, 2)}",
+                      ", ".join(format_number(b) for b in item.best))
     console.print(table)
-    console.print(f"Comparison: {page}")
+    console.print(f"Comparison: {verbatim(page)}")
     return page
 
 
@@ -176,14 +237,15 @@ def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
         finished = [t for t in store.trials() if t.state == TrialState.COMPLETE]
         maximize = store.direction == "maximize"
         finished.sort(key=lambda t: -t.value if maximize else t.value)
-        table = Table(title=f"{store.name}: best trials ({store.direction})")
+        table = Table(title=f"{verbatim(store.name)}: best trials ({store.direction})")
         top = finished[:8]
         for column in ("trial", "value", "resource", "seconds", "configuration"):
             table.add_column(column)
         for t in top:
-            table.add_row(str(t.id), f"{t.value:.4g}", "" if t.resource is None else f"{t.resource:g}",
+            table.add_row(str(t.id), format_number(t.value),
+                          "" if t.resource is None else f"{t.resource:g}",
                           "" if t.duration is None else f"{t.duration:.1f}",
-                          json.dumps(t.config, sort_keys=True))
+                          verbatim(format_config(t.config)))
         console.print(table)
         # the scalar metrics the trials returned beside their value, in first-seen order
         metrics = list(dict.fromkeys(name for t in top for name, v in t.metrics.items()
@@ -191,26 +253,28 @@ def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
         if metrics:
             table = Table(title="their other metrics")
             for column in ("trial", "value", *metrics):
-                table.add_column(column.replace("_", " "), justify="right")
+                table.add_column(verbatim(column.replace("_", " ")), justify="right")
             for t in top:
-                table.add_row(str(t.id), f"{t.value:.4g}", *(
-                    f"{t.metrics[m]:.3g}" if isinstance(t.metrics.get(m), (int, float)) else ""
-                    for m in metrics))
+                table.add_row(str(t.id), format_number(t.value), *(
+                    format_number(t.metrics[m]) if isinstance(t.metrics.get(m), (int, float))
+                    else "" for m in metrics))
             console.print(table)
         results = study_table(store)
         if results is not None:
-            summary_table = Table(title=results.title)
+            summary_table = Table(title=verbatim(results.title))
             for column in results.header:
-                summary_table.add_column(column)
+                summary_table.add_column(verbatim(column))
             for row in results.text_rows():
-                summary_table.add_row(*row)
+                summary_table.add_row(*map(verbatim, row))
             console.print(summary_table)
         failed = sum(t.state == TrialState.FAIL for t in store.trials())
         if failed:
-            console.print(f"{failed} trial(s) failed; `medtune report {study_path}` lists why.")
+            console.print(f"{failed} trial(s) failed; `medtune report {verbatim(study_path)}` "
+                          "lists why.")
     console.print(
         f"Stopped ({summary.stop_reason}) after {summary.elapsed:.0f} s: {summary.n_complete} "
-        f"complete, {summary.n_pruned} pruned, {summary.n_failed} failed. Study file: {study_path}"
+        f"complete, {summary.n_pruned} pruned, {summary.n_failed} failed. Study file: "
+        f"{verbatim(study_path)}"
     )
     page = report(study_path, console)
     with StudyStore(study_path) as store:
@@ -219,4 +283,4 @@ def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
         console.print(f"Replayed searches over the {replayed.configurations} models trained "
                       f"(of {replayed.population}), {replayed.runs} runs each: draws to reach "
                       "each goal (seed 004 table 2.3)")
-        console.print(replayed.table, highlight=False, soft_wrap=True)
+        console.print(verbatim(replayed.table), highlight=False, soft_wrap=True)

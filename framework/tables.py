@@ -3,18 +3,58 @@ metric as mean ± standard deviation over the group (the replicates of a configu
 
 A study's ``[table]`` (see :mod:`medtune.config`) names the grouping keys and the columns;
 ``medtune run`` prints the table at the end and the HTML report shows it.
+
+This module also owns how user values are shown wherever medtune prints or draws them:
+:func:`format_number` (numbers to significant digits), :func:`format_config` (a configuration
+as ``key=value`` pairs) and :func:`verbatim` (a user's text made safe for Rich's markup, so a
+choice like ``"[/x]"`` is printed as written instead of read as a closing tag).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rich.markup import escape
+
 from medtune.config import ConfigError, TableSpec, parse_config
 from medtune.study.store import StudyStore, Trial, TrialState
+
+
+#: Significant digits of the numbers a configuration or an objective value shows.
+SIGNIFICANT_DIGITS = 4
+
+
+def format_number(value: Any, digits: int = SIGNIFICANT_DIGITS) -> str:
+    """``value`` as shown to a user: a float to ``digits`` significant digits (``0.03``, not
+    ``0.029999999999999995``; ``1.5e-05``), integers exactly, anything else as ``str``."""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def format_config(config: Mapping[str, Any], digits: int = SIGNIFICANT_DIGITS) -> str:
+    """A configuration as ``key=value`` pairs in key order, floats (also inside lists and
+    tables) to ``digits`` significant digits: ``loss=glf, lr=0.03, width=16``."""
+
+    def shown(value: Any) -> str:
+        if isinstance(value, Mapping):
+            return "{" + ", ".join(f"{k}: {shown(v)}" for k, v in value.items()) + "}"
+        if isinstance(value, (list, tuple)):
+            return "[" + ", ".join(shown(v) for v in value) + "]"
+        return format_number(value, digits)
+
+    return ", ".join(f"{key}={shown(config[key])}" for key in sorted(config))
+
+
+def verbatim(text: Any) -> str:
+    """``str(text)`` escaped for Rich's console markup: printed (in a message, a table cell or
+    a title) exactly as written. Every user-supplied string on the terminal goes through it:
+    study, parameter and metric names, choices, configurations, paths and messages."""
+    return escape(str(text))
 
 
 @dataclass(frozen=True)
@@ -99,4 +139,4 @@ def _cell(values: list[float | None]) -> Cell:
 
 
 def _label(value: Any) -> str:
-    return "-" if value is None else str(value)
+    return "-" if value is None else format_number(value)

@@ -16,11 +16,13 @@ from medtune.study.executors import (
     TrialPruned,
     TrialResult,
     TrialTask,
+    TrialTimeout,
     make_executor,
     run_trial,
 )
 from medtune.study.runner import (
     FAILURE_POLICIES,
+    StudyInterrupted,
     StudyRunError,
     StudySummary,
     replay,
@@ -30,6 +32,7 @@ from medtune.study.runner import (
 )
 from medtune.study.store import (
     SCHEMA_VERSION,
+    DamagedTrialError,
     Execution,
     FailureReason,
     NotAStudyError,
@@ -46,6 +49,7 @@ __all__ = [
     "EXECUTORS",
     "FAILURE_POLICIES",
     "SCHEMA_VERSION",
+    "DamagedTrialError",
     "Execution",
     "Executor",
     "ExecutorError",
@@ -56,6 +60,7 @@ __all__ = [
     "ProcessExecutor",
     "RayExecutor",
     "StudyInfo",
+    "StudyInterrupted",
     "StudyLockedError",
     "StudyRunError",
     "StudyStore",
@@ -66,6 +71,7 @@ __all__ = [
     "TrialResult",
     "TrialState",
     "TrialTask",
+    "TrialTimeout",
     "driver_lock",
     "make_executor",
     "replay",

@@ -6,6 +6,13 @@ of the study file. Every result is committed before the searcher hears of it, so
 driver loses nothing but the trials it had in flight; :func:`resume_study` marks those
 REQUEUED and runs their configurations again as new trials.
 
+How a run stops: after ``n_trials`` finished trials, when ``timeout`` seconds have passed (no
+new trial starts; those in flight finish), or when the searcher has nothing more to propose. A
+trial that runs past ``trial_timeout`` is stopped by its executor and recorded FAIL (reason
+``timeout``); the run goes on. Ctrl-C (``KeyboardInterrupt``) stops the run at once: the
+trials in flight are stopped and recorded REQUEUED with reason ``interrupted``, and
+:class:`StudyInterrupted` is raised; :func:`resume_study` runs their configurations again.
+
 Resuming relies on searchers being deterministic given their seed and the order of their
 ``ask``/``tell`` calls: the searcher is rebuilt from the study's seed, the stored proposals and
 results are replayed to it in their original interleaving (each trial records how many results
@@ -18,13 +25,16 @@ the values as the objective returned them, and what the searcher was told.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +65,22 @@ class StudyRunError(MedtuneError):
     """A study cannot be run or resumed as asked."""
 
 
+class StudyInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C. Its trials in flight were stopped and recorded REQUEUED with
+    reason ``interrupted`` (``trial_ids``), so :func:`resume_study` runs them again; the
+    message says so in one line. A ``KeyboardInterrupt``, so code that stops on Ctrl-C still
+    does."""
+
+    def __init__(self, path: Path, trial_ids: list[int]):
+        count = len(trial_ids)
+        super().__init__(
+            f"Interrupted: {count} trial{'' if count == 1 else 's'} in flight recorded as "
+            f"interrupted; continue with `medtune resume {path}`"
+        )
+        self.path = path
+        self.trial_ids = trial_ids
+
+
 class Suggestion(Protocol):
     """A configuration proposed by a searcher (see ``medtune.search``)."""
 
@@ -65,7 +91,9 @@ class Suggestion(Protocol):
 
 
 class Searcher(Protocol):
-    """The ask/tell interface the runner drives."""
+    """The ask/tell interface the runner drives. A searcher that knows in advance how many
+    suggestions it will make may say so in a ``planned_trials`` property (None when unknown);
+    the progress bar then shows that total and an ETA."""
 
     @property
     def finished(self) -> bool: ...
@@ -99,10 +127,11 @@ def run_study(
     store: StudyStore,
     searcher: Searcher,
     objective: str | Objective,
-    executor: str = "inline",
+    executor: str | Executor = "inline",
     *,
     n_trials: int | None = None,
     timeout: float | None = None,
+    trial_timeout: float | None = None,
     n_workers: int = 1,
     on_failure: str = "exclude",
     penalty: float | None = None,
@@ -117,17 +146,26 @@ def run_study(
         searcher: built with ``store.seed``, so the study can be resumed.
         objective: ``objective(config, resource, seed, report) -> float`` or its
             ``"module:function"`` name (see :mod:`medtune.study.executors`).
-        executor: ``"inline"``, ``"process"`` or ``"ray"``.
+        executor: ``"inline"``, ``"process"`` or ``"ray"``, built here with ``n_workers``,
+            ``trial_timeout`` and ``executor_options``; or an executor already built for
+            ``objective`` (:func:`~medtune.study.executors.make_executor`: a Ray executor
+            connects when built), which then has those settings; the run closes it.
         n_trials: finished trials (COMPLETE, PRUNED or FAIL) the study should end with.
         timeout: seconds after which no new trial starts; trials in flight still finish.
+        trial_timeout: seconds one trial may run before it is stopped and recorded FAIL
+            (reason ``timeout``); None for the limit the objective declares (its
+            ``trial_timeout`` attribute, if any), 0 for no limit.
         n_workers: trials in flight at once (``process``/``ray``).
         on_failure: what the searcher is told about a failed trial: ``"exclude"`` tells it the
             trial failed (searchers leave the region out), ``"penalize"`` tells it a bad value,
             ``penalty`` or, without one, the worst value seen so far. Seed 004 sec. 2.6.3:
             excluding lets the search retry similar configurations; penalising with an
             arbitrary value misleads a smooth surrogate.
-        progress: show a progress bar (trials done, best value, ETA).
+        progress: show a progress bar (trials done of ``n_trials`` or of the searcher's
+            ``planned_trials``, best value, ETA).
         executor_options: options for the executor (for ``ray``: ``address`` and so on).
+
+    Raises :class:`StudyInterrupted` on Ctrl-C (see the module docstring).
     """
     with driver_lock(store.path):
         existing = store.count(TrialState)
@@ -136,8 +174,8 @@ def run_study(
                 f"{store.path} already has {existing} trials: continue it with resume_study "
                 "(`medtune resume`), or start a new study file"
             )
-        driver = _Driver(store, searcher, objective, executor, n_trials, timeout, n_workers,
-                         on_failure, penalty, progress, executor_options)
+        driver = _Driver(store, searcher, objective, executor, n_trials, timeout, trial_timeout,
+                         n_workers, on_failure, penalty, progress, executor_options)
         return driver.run(deque())
 
 
@@ -145,33 +183,38 @@ def resume_study(
     path: str | os.PathLike[str],
     searcher_factory: Callable[[int], Searcher],
     objective: str | Objective,
-    executor: str = "inline",
+    executor: str | Executor = "inline",
     *,
     n_trials: int | None = None,
     timeout: float | None = None,
+    trial_timeout: float | None = None,
     n_workers: int = 1,
     on_failure: str = "exclude",
     penalty: float | None = None,
     progress: bool = True,
     executor_options: Mapping[str, Any] | None = None,
 ) -> StudySummary:
-    """Continue the study at ``path`` after its driver stopped or was killed.
+    """Continue the study at ``path`` after its driver stopped, was interrupted or was killed.
 
     RUNNING trials left by the dead driver are marked REQUEUED and their configurations run
-    again as new trials; ``searcher_factory(seed)`` rebuilds the searcher from the study's
-    seed, the stored results are replayed to it, and the study goes on. No recorded result is
-    lost or recomputed and no trial id is reused. ``n_trials`` counts the study's finished
-    trials, earlier runs included; the other arguments are as in :func:`run_study`.
+    again as new trials, as are those an interrupted run recorded REQUEUED;
+    ``searcher_factory(seed)`` rebuilds the searcher from the study's seed, the stored results
+    are replayed to it, and the study goes on. No recorded result is lost or recomputed and no
+    trial id is reused. ``n_trials`` counts the study's finished trials, earlier runs
+    included; the other arguments are as in :func:`run_study`. A study with a damaged trial
+    row is refused (:class:`~medtune.study.store.DamagedTrialError`), before any trial is
+    requeued.
     """
     with StudyStore(path) as store, driver_lock(store.path):
+        store.require_intact()  # a history with a trial left out cannot be replayed
         requeued = store.requeue_orphans()
         if requeued:
             logger.info("%s: requeued %d trials left running by the previous driver: %s",
                         store.path, len(requeued), ", ".join(str(t.id) for t in requeued))
         searcher = searcher_factory(store.seed)
         pending = replay(store, searcher)
-        driver = _Driver(store, searcher, objective, executor, n_trials, timeout, n_workers,
-                         on_failure, penalty, progress, executor_options)
+        driver = _Driver(store, searcher, objective, executor, n_trials, timeout, trial_timeout,
+                         n_workers, on_failure, penalty, progress, executor_options)
         return driver.run(pending)
 
 
@@ -238,9 +281,10 @@ class _Driver:
         store: StudyStore,
         searcher: Searcher,
         objective: str | Objective,
-        executor: str,
+        executor: str | Executor,
         n_trials: int | None,
         timeout: float | None,
+        trial_timeout: float | None,
         n_workers: int,
         on_failure: str,
         penalty: float | None,
@@ -255,13 +299,19 @@ class _Driver:
             raise ValueError(f"n_trials must be at least 0, got {n_trials}")
         if penalty is not None and not math.isfinite(penalty):
             raise ValueError(f"penalty must be a finite number, got {penalty!r}")
+        if isinstance(executor, Executor) and (
+                trial_timeout is not None or n_workers != 1 or executor_options):
+            raise ValueError("trial_timeout, n_workers and executor_options are settings of the "
+                             "executor: pass them to make_executor when passing an executor "
+                             "already built")
         self.store = store
         self.searcher = searcher
         self.objective = objective
-        self.executor_name = executor
+        self.executor = executor
         self.executor_options = dict(executor_options or {})
         self.n_trials = n_trials
         self.timeout = timeout
+        self.trial_timeout = trial_timeout
         self.n_workers = n_workers
         self.on_failure = on_failure
         self.sign = 1.0 if store.direction == "minimize" else -1.0
@@ -279,14 +329,17 @@ class _Driver:
         started = time.monotonic()
         deadline = None if self.timeout is None else started + self.timeout
         in_flight: dict[int, Suggestion] = {}
-        with self._progress_bar() as bar:
-            task = bar.add_task(
-                f"study {self.store.name}", total=self.n_trials, completed=self.finished,
-                best=self._best_text(), failed=self.failed,
-            )
-            executor = make_executor(self.executor_name, self.objective, self.n_workers,
-                                     **self.executor_options)
-            with executor:
+        executor = self.executor
+        try:
+            if not isinstance(executor, Executor):
+                executor = make_executor(executor, self.objective, self.n_workers,
+                                         trial_timeout=self.trial_timeout,
+                                         **self.executor_options)
+            with self._progress_bar() as bar:
+                task = bar.add_task(
+                    f"study {self.store.name}", total=self._total(), completed=self.finished,
+                    best=self._best_text(), failed=self.failed,
+                )
                 while True:
                     self._fill(executor, in_flight, pending, deadline)
                     if not in_flight:
@@ -295,6 +348,13 @@ class _Driver:
                         self._record(result, in_flight.pop(result.trial_id))
                         bar.update(task, completed=self.finished, best=self._best_text(),
                                    failed=self.failed)
+        except KeyboardInterrupt:
+            raise self._interrupted(executor) from None
+        except BaseException:
+            if isinstance(executor, Executor):
+                executor.close(cancel=True)
+            raise
+        executor.close()
         if self.n_trials is not None and self.finished >= self.n_trials:
             reason = "n_trials"
         elif deadline is not None and time.monotonic() >= deadline:
@@ -311,6 +371,27 @@ class _Driver:
             elapsed=time.monotonic() - started,
             stop_reason=reason,
         )
+
+    def _total(self) -> int | None:
+        """How many finished trials the run ends with, when known: ``n_trials``, or what the
+        searcher plans to propose, whichever is smaller."""
+        planned = getattr(self.searcher, "planned_trials", None)
+        known = [n for n in (self.n_trials, planned) if n is not None]
+        return min(known) if known else None
+
+    def _interrupted(self, executor: Executor | str) -> StudyInterrupted:
+        """Stop the trials in flight and record them interrupted (a second Ctrl-C meanwhile
+        is ignored, so the record is written whole)."""
+        with _sigint_ignored():
+            if isinstance(executor, Executor):
+                executor.close(cancel=True)
+            trials = self.store.interrupt_running(
+                "interrupted (Ctrl-C) while it ran; `medtune resume` runs its configuration "
+                "again as a new trial")
+        if trials:
+            logger.info("%s: interrupted; trials in flight recorded as interrupted: %s",
+                        self.store.path, ", ".join(str(t.id) for t in trials))
+        return StudyInterrupted(self.store.path, [t.id for t in trials])
 
     def _fill(
         self,
@@ -386,15 +467,29 @@ class _Driver:
 
     def _progress_bar(self) -> Progress:
         return Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),  # names stay verbatim
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("trials  best {task.fields[best]}  failed {task.fields[failed]}"),
+            TextColumn("trials  best {task.fields[best]}  failed {task.fields[failed]}",
+                       markup=False),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
             disable=not self.progress,
         )
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C for the block (in the main thread, where Python handles signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _as_json(config: Mapping[str, Any]) -> Any:

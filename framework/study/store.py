@@ -5,7 +5,15 @@ The file is plain SQLite in WAL mode, readable with the ``sqlite3`` shell
 result with its intermediate values, a requeue) is one transaction; a lock held by another
 process is waited for with a busy timeout and retried with backoff, so "database is locked"
 never reaches the caller. Only the study's driver writes trials while a study runs; readers
-(``medtune status``, reports) may open the file at any time.
+(``medtune status``, reports) may open the file at any time, read-only
+(``StudyStore(path, read_only=True)``), and never change it.
+
+The study file alone is the study: a writer checkpoints the write-ahead log into it every
+second or 16 commits and empties the log when it closes, so copying the ``.sqlite`` file loses
+at most the last few results of a live study; :meth:`StudyStore.backup` (``medtune
+backup``) copies a running study consistently. New files (a study, a backup) are built under
+a temporary name and linked into place, so two processes creating one study never destroy
+each other's file.
 
 Tables:
 
@@ -21,11 +29,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import random
+import shutil
 import socket
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,12 +49,19 @@ from medtune.errors import MedtuneError
 
 #: Version of the table layout below; a file with a larger version was written by a newer
 #: medtune and is refused.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-#: How to bring an older file up to :data:`SCHEMA_VERSION`, one step per version (run in one
-#: transaction when the file is opened).
+#: How to bring an older file up to :data:`SCHEMA_VERSION`, one step per version, each step
+#: its SQL statements (all run in one transaction when the file is opened).
 _MIGRATIONS = {
-    1: "ALTER TABLE trials ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}'",
+    1: ("ALTER TABLE trials ADD COLUMN metrics TEXT NOT NULL DEFAULT '{}'",),
+    # the failure reasons timeout and interrupted: widen the CHECK of failure_reason in the
+    # stored table definition, as SQLite documents for a constraint every row already meets
+    2: ("PRAGMA writable_schema = ON",
+        "UPDATE sqlite_master SET sql = replace(sql, '''worker_died'')', "
+        "'''worker_died'', ''timeout'', ''interrupted'')') "
+        "WHERE type = 'table' AND name = 'trials'",
+        "PRAGMA writable_schema = RESET"),  # off, and the new definition read at once
 }
 APPLICATION = "medtune"
 
@@ -51,6 +69,15 @@ APPLICATION = "medtune"
 DEFAULT_LOCK_TIMEOUT = 300.0
 #: SQLite's own busy timeout per attempt (seconds); attempts are retried with backoff.
 _BUSY_TIMEOUT = 5.0
+#: A writer copies the write-ahead log into the study file after this many commits, and at
+#: its first commit once :data:`CHECKPOINT_SECONDS` have passed since the last copy: the
+#: ``.sqlite`` file alone then holds nearly every result even if the driver is killed (with
+#: trials longer than a second, all but those recorded within a second of each other). Each
+#: checkpoint costs one more file sync.
+CHECKPOINT_COMMITS = 16
+CHECKPOINT_SECONDS = 1.0
+
+logger = logging.getLogger("medtune.study")
 
 _T = TypeVar("_T")
 
@@ -67,11 +94,23 @@ class StudyLockedError(StudyStoreError):
     """Another process held the study's lock for longer than the store's lock timeout."""
 
 
+class DamagedTrialError(StudyStoreError):
+    """A trial's row cannot be read (invalid JSON, a bad date, a value of the wrong type).
+
+    ``trial_id`` names the trial and ``problem`` says what is wrong with it.
+    """
+
+    def __init__(self, path: Path, trial_id: int, problem: str, advice: str):
+        super().__init__(f"{path}: trial {trial_id} is damaged ({problem}); {advice}")
+        self.trial_id = trial_id
+        self.problem = problem
+
+
 class TrialState(str, Enum):
     """Where a trial stands.
 
-    ``REQUEUED`` marks a trial that was RUNNING when its driver died: its configuration is run
-    again as a new trial (whose ``requeued_from`` names it), and it is never counted.
+    ``REQUEUED`` marks a trial that was RUNNING when its driver died or was interrupted (then
+    with failure reason ``interrupted``): its configuration is run again as a new trial (whose ``requeued_from`` names it), and it is never counted.
     """
 
     RUNNING = "RUNNING"
@@ -93,6 +132,8 @@ class FailureReason(str, Enum):
     NAN = "nan"
     OUT_OF_MEMORY = "out_of_memory"
     WORKER_DIED = "worker_died"
+    TIMEOUT = "timeout"  # ran past the study's trial_timeout and was stopped
+    INTERRUPTED = "interrupted"  # in flight when the run was interrupted (a REQUEUED trial)
 
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -113,7 +154,8 @@ CREATE TABLE trials (
         CHECK (state IN ('RUNNING', 'COMPLETE', 'PRUNED', 'FAIL', 'REQUEUED')),
     value            REAL,              -- final metric (COMPLETE, or last value when PRUNED)
     failure_reason   TEXT
-        CHECK (failure_reason IN ('exception', 'nan', 'out_of_memory', 'worker_died')),
+        CHECK (failure_reason IN ('exception', 'nan', 'out_of_memory', 'worker_died',
+                                  'timeout', 'interrupted')),
     traceback        TEXT,
     started          TEXT NOT NULL,     -- ISO 8601, UTC
     finished         TEXT,
@@ -135,6 +177,14 @@ CREATE TABLE intermediate_values (
     PRIMARY KEY (trial_id, step)
 );
 """
+
+
+#: The columns of ``trials`` that :func:`_trial_from_row` reads, in its order.
+_COLUMNS = (
+    "id, suggestion_id, config, resource, tag, seed, state, value, failure_reason,"
+    " traceback, started, finished, duration, host, worker_pid, completion_order,"
+    " asked_after, requeued_from, told_value, told_failed, metrics"
+)
 
 
 @dataclass(frozen=True)
@@ -204,25 +254,43 @@ def utc_now() -> datetime:
 class StudyStore:
     """A study file. ``StudyStore(path)`` opens an existing study; :meth:`create` makes one.
 
+    ``read_only=True`` opens it for reading only (what status and reports do): the file is
+    never written, not even to upgrade an older schema, which is then upgraded in a copy held
+    in memory (``info.schema_version`` stays the file's version; the next writer upgrades the
+    file). A write through a read-only store raises :class:`StudyStoreError`.
+
     Errors: :class:`NotAStudyError` for a file that is not a medtune study (another SQLite
     database, a damaged file, a newer schema), :class:`StudyStoreError` for a missing file,
     :class:`StudyLockedError` when another process keeps the file locked longer than
     ``lock_timeout`` seconds.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        read_only: bool = False,
+    ):
         self.path = Path(path)
         self.lock_timeout = lock_timeout
+        self.read_only = read_only
+        self._commits_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._wrote = False
+        self._closed = False
+        self._reported_damage: set[int] = set()
         if not self.path.is_file():
             raise StudyStoreError(
                 f"no study at {self.path}: check the path, or create the study with "
                 "StudyStore.create (or `medtune run CONFIG`)"
             )
-        self._connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, isolation_level=None)
+        self._connection = _connect(self.path, read_only=read_only)
         try:
             self._retry(self._configure)
             self.info = self._read_info()
-            self._retry(lambda: self._connection.execute("PRAGMA journal_mode=WAL"))
+            if not read_only:
+                self._retry(lambda: self._connection.execute("PRAGMA journal_mode=WAL"))
         except BaseException:
             self._connection.close()
             raise
@@ -243,6 +311,11 @@ class StudyStore:
         ``name`` defaults to the file name without its suffix; ``direction`` is ``"minimize"``
         or ``"maximize"``; ``seed`` seeds the searcher and the trials; ``config_text`` is the
         experiment's TOML, kept so the study can be resumed and reported on its own.
+
+        The file is built under a temporary name in the same folder and then linked to
+        ``path``, which fails if ``path`` exists: of several processes creating one study,
+        exactly one succeeds, and the others raise :class:`StudyStoreError` ("already
+        exists") without touching its file. A reader never sees a half-made study.
         """
         from medtune import __version__
 
@@ -250,10 +323,7 @@ class StudyStore:
         if direction not in ("minimize", "maximize"):
             raise ValueError(f"direction must be 'minimize' or 'maximize', not {direction!r}")
         if path.exists():
-            raise StudyStoreError(
-                f"{path} already exists: resume that study (`medtune resume {path}`) or choose "
-                "another file"
-            )
+            raise _study_exists(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "application": APPLICATION,
@@ -265,20 +335,26 @@ class StudyStore:
             "created": utc_now().isoformat(),
             "medtune_version": __version__,
         }
-        connection = sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
+        temporary = _temporary_beside(path)
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
-            connection.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.close()
-            path.unlink(missing_ok=True)
-            raise
-        connection.close()
+            connection = sqlite3.connect(temporary, isolation_level=None)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+                connection.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                                       meta.items())
+                connection.execute("COMMIT")
+            finally:
+                connection.close()  # the last connection: the log is copied in and removed
+            try:
+                _publish(temporary, path)
+            except FileExistsError:
+                raise _study_exists(path) from None
+        finally:
+            _remove_database(temporary)  # its name only: a published study keeps its own
         return cls(path, lock_timeout=lock_timeout)
 
     # ----------------------------------------------------------------------------- plumbing
@@ -319,7 +395,12 @@ class StudyStore:
         return StudyStoreError(f"{self.path}: SQLite error: {message}")
 
     def _write(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run ``body`` inside one write transaction (committed, or rolled back on error)."""
+        """Run ``body`` inside one write transaction (committed, or rolled back on error),
+        then checkpoint the log into the study file when one is due."""
+        if self.read_only:
+            raise StudyStoreError(
+                f"{self.path} was opened read-only: open it with StudyStore(path) to write"
+            )
 
         def attempt() -> _T:
             connection = self._connection
@@ -333,7 +414,25 @@ class StudyStore:
                 raise
             return result
 
-        return self._retry(attempt)
+        result = self._retry(attempt)
+        self._wrote = True
+        self._commits_since_checkpoint += 1
+        if (self._commits_since_checkpoint >= CHECKPOINT_COMMITS
+                or time.monotonic() - self._last_checkpoint >= CHECKPOINT_SECONDS):
+            self._checkpoint("PASSIVE")
+        return result
+
+    def _checkpoint(self, mode: str) -> None:
+        """Copy the write-ahead log into the study file (``PASSIVE``: as far as readers allow,
+        without waiting; ``TRUNCATE``: all of it, then empty the log). Best effort: a result
+        left in the log is still committed, and the next checkpoint copies it."""
+        try:
+            self._connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+        except sqlite3.OperationalError as exc:
+            if not _is_lock_error(exc):
+                raise self._wrap(exc) from exc
+        self._commits_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
 
     def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple]:
         return self._retry(lambda: self._connection.execute(sql, parameters).fetchall())
@@ -368,20 +467,29 @@ class StudyStore:
                 "this medtune reads: upgrade medtune to open it"
             )
         if version < SCHEMA_VERSION:
-            version = self._migrate(version)
-        return StudyInfo(
-            name=rows["name"],
-            direction=rows["direction"],
-            seed=int(rows["seed"]),
-            config_text=rows["config_toml"],
-            created=datetime.fromisoformat(rows["created"]),
-            schema_version=version,
-            medtune_version=rows.get("medtune_version", ""),
-        )
+            self._migrate(version)
+            if not self.read_only:
+                version = SCHEMA_VERSION
+        try:
+            return StudyInfo(
+                name=rows["name"],
+                direction=rows["direction"],
+                seed=int(rows["seed"]),
+                config_text=rows["config_toml"],
+                created=datetime.fromisoformat(rows["created"]),
+                schema_version=version,
+                medtune_version=rows.get("medtune_version", ""),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NotAStudyError(
+                f"{self.path}: the study's meta table is damaged ({type(exc).__name__}: {exc}): "
+                "restore the file from a backup"
+            ) from exc
 
-    def _migrate(self, version: int) -> int:
+    def _migrate(self, version: int) -> None:
         """Bring a file of an older schema ``version`` up to :data:`SCHEMA_VERSION` in one
-        transaction (the file is unchanged if any step fails); returns the new version."""
+        transaction (the file is unchanged if any step fails). A read-only store upgrades a
+        copy of the file in memory instead, and reads that."""
         if version not in _MIGRATIONS:
             raise NotAStudyError(
                 f"{self.path} has study schema version {version}, older than {SCHEMA_VERSION}, "
@@ -390,16 +498,82 @@ class StudyStore:
 
         def body(connection: sqlite3.Connection) -> None:
             for step in range(version, SCHEMA_VERSION):
-                connection.execute(_MIGRATIONS[step])
+                for statement in _MIGRATIONS[step]:
+                    connection.execute(statement)
             connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                                (str(SCHEMA_VERSION),))
 
-        self._write(body)
-        return SCHEMA_VERSION
+        if not self.read_only:
+            self._write(body)
+            return
+        memory = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            self._retry(lambda: self._connection.backup(memory))
+            memory.execute("BEGIN")
+            body(memory)
+            memory.execute("COMMIT")
+        except BaseException:
+            memory.close()
+            raise
+        self._connection.close()
+        self._connection = memory
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
-        self._connection.close()
+        """Close the connection (idempotent). A store that wrote copies the whole write-ahead
+        log into the study file first, so the file alone holds every result."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._wrote:
+                self._checkpoint("TRUNCATE")
+        finally:
+            self._connection.close()
+
+    def backup(self, destination: str | os.PathLike[str]) -> int:
+        """Copy the study, as it stands now, to the new file ``destination``; return how many
+        trials the copy holds.
+
+        SQLite's online backup reads one consistent snapshot, so the copy holds every trial
+        committed before the backup began, even while a driver writes; it is one
+        self-contained study file (no write-ahead log beside it). ``destination`` must not
+        exist (:class:`StudyStoreError` otherwise: a backup never overwrites); its folder is
+        created. The copy is made under a temporary name and linked into place once checked.
+        """
+        destination = Path(destination)
+        if destination.exists():
+            raise _backup_exists(destination)
+        try:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            temporary = _temporary_beside(destination)
+        except OSError as exc:
+            raise _cannot_write(destination, exc) from exc
+        try:
+            source = _connect(self.path, read_only=True)
+            try:
+                copy = sqlite3.connect(temporary, isolation_level=None)
+                try:
+                    self._retry(lambda: source.backup(copy))
+                    (check,) = copy.execute("PRAGMA quick_check").fetchone()
+                    (n_trials,) = copy.execute("SELECT COUNT(*) FROM trials").fetchone()
+                finally:
+                    copy.close()
+            finally:
+                source.close()
+            if check != "ok":
+                raise StudyStoreError(
+                    f"the copy of {self.path} failed SQLite's check ({check}); the study file "
+                    f"itself may be damaged: run `sqlite3 {self.path} 'PRAGMA integrity_check'`"
+                )
+            try:
+                _publish(temporary, destination)
+            except FileExistsError:
+                raise _backup_exists(destination) from None
+            except OSError as exc:
+                raise _cannot_write(destination, exc) from exc
+        finally:
+            _remove_database(temporary)
+        return int(n_trials)
 
     def __enter__(self) -> StudyStore:
         return self
@@ -523,8 +697,8 @@ class StudyStore:
         told_value: float | None = None,
         told_failed: bool | None = None,
     ) -> Trial:
-        """Mark a RUNNING trial FAIL, with why (``exception``, ``nan``, ``out_of_memory`` or
-        ``worker_died``) and the traceback or message that explains it.
+        """Mark a RUNNING trial FAIL, with why (``exception``, ``nan``, ``out_of_memory``,
+        ``worker_died`` or ``timeout``) and the traceback or message that explains it.
 
         The other arguments are as in :meth:`complete_trial`.
         """
@@ -589,6 +763,26 @@ class StudyStore:
 
         return [self.trial(trial_id) for trial_id in self._write(body)]
 
+    def interrupt_running(self, message: str) -> list[Trial]:
+        """Mark every RUNNING trial REQUEUED with reason ``interrupted`` and ``message`` as its
+        traceback, and return them: what a driver that is being stopped (Ctrl-C) records for
+        the trials it had in flight, so that ``resume`` runs their configurations again.
+
+        Call it only from the driver that holds the study, as :meth:`requeue_orphans`.
+        """
+        finished = utc_now().isoformat()
+
+        def body(connection: sqlite3.Connection) -> list[int]:
+            ids = [row[0] for row in connection.execute(
+                "SELECT id FROM trials WHERE state = 'RUNNING' ORDER BY id")]
+            connection.execute(
+                "UPDATE trials SET state = 'REQUEUED', failure_reason = ?, traceback = ?,"
+                " finished = ? WHERE state = 'RUNNING'",
+                (FailureReason.INTERRUPTED.value, message, finished))
+            return ids
+
+        return [self.trial(trial_id) for trial_id in self._write(body)]
+
     @staticmethod
     def _require_running(connection: sqlite3.Connection, trial_id: int) -> None:
         row = connection.execute("SELECT state FROM trials WHERE id = ?", (trial_id,)).fetchone()
@@ -602,14 +796,23 @@ class StudyStore:
     # --------------------------------------------------------------------------------- reads
 
     def trial(self, trial_id: int) -> Trial:
-        """The trial with this id (:class:`StudyStoreError` if there is none)."""
-        trials = self._select("WHERE id = ?", (trial_id,))
-        if not trials:
+        """The trial with this id (:class:`StudyStoreError` if there is none,
+        :class:`DamagedTrialError` if its row cannot be read)."""
+        rows = self._query(f"SELECT {_COLUMNS} FROM trials WHERE id = ?", (trial_id,))
+        if not rows:
             raise StudyStoreError(f"no trial {trial_id} in {self.path}")
+        trials, damaged = self._parse(rows)
+        if damaged:
+            raise DamagedTrialError(self.path, trial_id, damaged[trial_id],
+                                    "repair its row with sqlite3")
         return trials[0]
 
     def trials(self, states: Iterable[TrialState | str] | None = None) -> list[Trial]:
-        """All trials in id order, or those in the given states."""
+        """All trials in id order, or those in the given states.
+
+        A trial whose row cannot be read is left out, with one warning naming it (see
+        :meth:`damaged_trials`); the others are read as usual.
+        """
         if states is None:
             return self._select("", ())
         names = [TrialState(state).value for state in states]
@@ -633,24 +836,60 @@ class StudyStore:
         Ties go to the trial recorded first.
         """
         order = "ASC" if self.direction == "minimize" else "DESC"
-        trials = self._select(
-            f"WHERE state = 'COMPLETE' ORDER BY value {order}, completion_order ASC LIMIT 1", ()
-        )
-        return trials[0] if trials else None
+        offset = 0
+        while True:
+            rows = self._query(
+                f"SELECT {_COLUMNS} FROM trials WHERE state = 'COMPLETE'"
+                f" ORDER BY value {order}, completion_order ASC LIMIT 1 OFFSET ?", (offset,))
+            if not rows:
+                return None
+            trials = self._build(rows)
+            if trials:
+                return trials[0]
+            offset += 1  # that row is damaged: the next best
+
+    def damaged_trials(self) -> dict[int, str]:
+        """The trials whose row cannot be read, each with what is wrong with it (empty when
+        every row reads). Reads every row."""
+        return self._parse(self._query(f"SELECT {_COLUMNS} FROM trials ORDER BY id"))[1]
+
+    def require_intact(self) -> None:
+        """Raise :class:`DamagedTrialError` naming the first damaged trial, if any: what a
+        resume calls, since replaying a history with a trial left out would mislead the
+        searcher."""
+        damaged = self.damaged_trials()
+        if damaged:
+            trial_id, problem = next(iter(damaged.items()))
+            others = f" ({len(damaged) - 1} more damaged trials)" if len(damaged) > 1 else ""
+            raise DamagedTrialError(
+                self.path, trial_id, problem,
+                f"cannot resume without it{others}: repair its row with sqlite3, or start a "
+                "new study from the same configuration")
 
     def _select(self, where: str, parameters: Sequence[Any]) -> list[Trial]:
-        columns = (
-            "id, suggestion_id, config, resource, tag, seed, state, value, failure_reason,"
-            " traceback, started, finished, duration, host, worker_pid, completion_order,"
-            " asked_after, requeued_from, told_value, told_failed, metrics"
-        )
-        if "ORDER BY" not in where:
-            where = f"{where} ORDER BY id"
-        rows = self._query(f"SELECT {columns} FROM trials {where}", parameters)
+        return self._build(self._query(f"SELECT {_COLUMNS} FROM trials {where} ORDER BY id",
+                                       parameters))
+
+    def _build(self, rows: list[tuple]) -> list[Trial]:
+        """The trials of these rows; a damaged row is left out with one warning naming it
+        (once per trial and store)."""
+        trials, damaged = self._parse(rows)
+        for trial_id, problem in damaged.items():
+            if trial_id not in self._reported_damage:
+                self._reported_damage.add(trial_id)
+                logger.warning("%s", DamagedTrialError(
+                    self.path, trial_id, problem,
+                    "it is left out; the other trials are read (`medtune resume` refuses "
+                    "until it is repaired)"))
+        return trials
+
+    def _parse(self, rows: list[tuple]) -> tuple[list[Trial], dict[int, str]]:
+        """Read rows of :data:`_COLUMNS` with their intermediate values: the trials that read,
+        and for each row that does not, what is wrong with it."""
         if not rows:
-            return []
+            return [], {}
         ids = [row[0] for row in rows]
-        intermediate: dict[int, dict[float, float]] = {i: {} for i in ids}
+        intermediate: dict[int, list[tuple[Any, Any]]] = {i: [] for i in ids}
         marks = ", ".join("?" * len(ids)) if len(ids) < 900 else None
         sql = "SELECT trial_id, step, value FROM intermediate_values"
         steps = self._query(
@@ -660,8 +899,14 @@ class StudyStore:
         )
         for trial_id, step, value in steps:
             if trial_id in intermediate:
-                intermediate[trial_id][step] = math.nan if value is None else value
-        return [_trial_from_row(row, intermediate[row[0]]) for row in rows]
+                intermediate[trial_id].append((step, value))
+        trials, damaged = [], {}
+        for row in rows:
+            try:
+                trials.append(_trial_from_row(row, intermediate[row[0]]))
+            except _Damage as exc:
+                damaged[row[0]] = str(exc)
+        return trials, damaged
 
 
 @contextlib.contextmanager
@@ -701,6 +946,87 @@ def driver_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+def _connect(path: Path, *, read_only: bool) -> sqlite3.Connection:
+    """A connection to the study file; ``read_only`` ones cannot write it (SQLite's
+    ``mode=ro``), not even to checkpoint the log when they close."""
+    if read_only:
+        return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                               timeout=_BUSY_TIMEOUT, isolation_level=None)
+    return sqlite3.connect(path, timeout=_BUSY_TIMEOUT, isolation_level=None)
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A new empty file in ``path``'s folder (so it can be linked to ``path``), named after it."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def _publish(source: Path, target: Path) -> None:
+    """Give the finished database ``source`` the name ``target`` too, atomically and only if
+    ``target`` does not exist (:class:`FileExistsError` otherwise).
+
+    A hard link does both in one step. On a file system without hard links the file is copied
+    into a ``target`` opened with ``O_EXCL``, which still never replaces another file (a reader
+    may then see it half-written).
+    """
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FAT, some network shares)
+        with open(target, "xb") as out:
+            try:
+                with open(source, "rb") as data:
+                    shutil.copyfileobj(data, out)
+                out.flush()
+                os.fsync(out.fileno())
+            except BaseException:
+                out.close()
+                target.unlink()  # the file this process created, half-written
+                raise
+    _sync_folder(target.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a new name in ``folder`` durable (where the OS can open a folder)."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows cannot open a folder
+        return
+    try:
+        os.fsync(handle)
+    except OSError:  # a file system that cannot sync a folder; the name is there all the same
+        pass
+    finally:
+        os.close(handle)
+
+
+def _remove_database(path: Path) -> None:
+    """Remove a database this process created under a temporary name, and its side files."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _study_exists(path: Path) -> StudyStoreError:
+    return StudyStoreError(
+        f"{path} already exists: resume that study (`medtune resume {path}`) or choose "
+        "another file"
+    )
+
+
+def _backup_exists(path: Path) -> StudyStoreError:
+    return StudyStoreError(
+        f"{path} already exists: a backup never overwrites a file; choose another destination"
+    )
+
+
+def _cannot_write(path: Path, exc: OSError) -> StudyStoreError:
+    return StudyStoreError(
+        f"cannot write {path} ({exc.strerror or exc}): choose a destination in a writable folder"
+    )
+
+
 def _is_lock_error(exc: sqlite3.OperationalError) -> bool:
     message = str(exc).lower()
     return "locked" in message or "busy" in message
@@ -734,37 +1060,77 @@ def _json_metric(value: float | Sequence[float]) -> float | None | list[float | 
     return [_finite_or_none(v) for v in value]
 
 
-def _metric_from_json(value: Any) -> float | list[float]:
-    if isinstance(value, list):
-        return [math.nan if v is None else v for v in value]
-    return math.nan if value is None else value
+class _Damage(Exception):
+    """What is wrong with a trial's row, found while reading it."""
 
 
-def _trial_from_row(row: tuple, intermediate: dict[float, float]) -> Trial:
+def _trial_from_row(row: tuple, intermediate: list[tuple[Any, Any]]) -> Trial:
+    """The trial of one row of :data:`_COLUMNS` (:class:`_Damage` when the row is damaged)."""
     (trial_id, suggestion_id, config, resource, tag, seed, state, value, reason, traceback,
      started, finished, duration, host, worker_pid, completion_order, asked_after,
      requeued_from, told_value, told_failed, metrics) = row
+    try:
+        state = TrialState(state)
+        reason = FailureReason(reason) if reason else None
+    except ValueError as exc:
+        raise _Damage(str(exc)) from None
     return Trial(
         id=trial_id,
-        suggestion_id=suggestion_id,
-        config=json.loads(config),
-        resource=resource,
-        tag=json.loads(tag),
-        seed=seed,
-        state=TrialState(state),
-        value=value,
-        failure_reason=FailureReason(reason) if reason else None,
-        traceback=traceback,
-        started=datetime.fromisoformat(started),
-        finished=datetime.fromisoformat(finished) if finished else None,
-        duration=duration,
-        host=host,
-        worker_pid=worker_pid,
-        completion_order=completion_order,
-        asked_after=asked_after,
-        requeued_from=requeued_from,
-        told_value=told_value,
-        told_failed=None if told_failed is None else bool(told_failed),
-        intermediate=intermediate,
-        metrics={k: _metric_from_json(v) for k, v in json.loads(metrics).items()},
+        suggestion_id=_read(suggestion_id, "suggestion_id", int),
+        config=_json_object(config, "config"),
+        resource=_read(resource, "resource", float, optional=True),
+        tag=_json_object(tag, "tag"),
+        seed=_read(seed, "seed", int),
+        state=state,
+        value=_read(value, "value", float, optional=True),
+        failure_reason=reason,
+        traceback=_read(traceback, "traceback", str, optional=True),
+        started=_date(started, "started"),
+        finished=_date(finished, "finished") if finished else None,
+        duration=_read(duration, "duration", float, optional=True),
+        host=_read(host, "host", str, optional=True),
+        worker_pid=_read(worker_pid, "worker_pid", int, optional=True),
+        completion_order=_read(completion_order, "completion_order", int, optional=True),
+        asked_after=_read(asked_after, "asked_after", int),
+        requeued_from=_read(requeued_from, "requeued_from", int, optional=True),
+        told_value=_read(told_value, "told_value", float, optional=True),
+        told_failed=None if told_failed is None else bool(_read(told_failed, "told_failed", int)),
+        intermediate={_read(step, "intermediate step", float):
+                      _metric_number(v, f"intermediate value at step {step!r}")
+                      for step, v in intermediate},
+        metrics={name: ([_metric_number(x, f"metrics {name!r}") for x in v]
+                        if isinstance(v, list) else _metric_number(v, f"metrics {name!r}"))
+                 for name, v in _json_object(metrics, "metrics").items()},
     )
+
+
+def _read(value: Any, column: str, kind: type, *, optional: bool = False) -> Any:
+    """``value`` as SQLite returned it, checked to be of ``kind`` (a ``float`` column may hold
+    an integer), or ``None`` where the column allows it (``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, kind) or (kind is float and isinstance(value, int)):
+        return value
+    raise _Damage(f"{column} is {value!r}, not {'text' if kind is str else 'a number'}")
+
+
+def _metric_number(value: Any, what: str) -> float:
+    """A stored metric number; JSON null is the NaN that was recorded."""
+    return math.nan if value is None else _read(value, what, float)
+
+
+def _json_object(text: Any, column: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise _Damage(f"{column} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _Damage(f"{column} is not a JSON object")
+    return value
+
+
+def _date(text: Any, column: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise _Damage(f"{column} is {text!r}, not an ISO 8601 date") from None

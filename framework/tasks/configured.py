@@ -17,6 +17,14 @@ class ConfiguredObjective:
     reference: str
     settings: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def trial_timeout(self) -> float | None:
+        """The time limit (seconds) the named objective declares for one trial, if any (see
+        :func:`medtune.study.executors.declared_trial_timeout`)."""
+        from medtune.study.executors import declared_trial_timeout
+
+        return declared_trial_timeout(self.reference)
+
     def __call__(self, config: Mapping[str, Any], resource: float | None, seed: int,
                  report: Callable[[float, float], None] | None = None) -> float | Mapping[str, float]:
         from medtune.study.executors import resolve_objective

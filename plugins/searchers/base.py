@@ -204,6 +204,17 @@ class Searcher(abc.ABC):
         return self._exhausted()
 
     @property
+    def planned_trials(self) -> int | None:
+        """How many suggestions this searcher makes in all, when that is known before the
+        search (a grid's size, Hyperband's brackets times iterations, ``max_trials``); None
+        when it depends on the results or has no end. A study shows it as its progress bar's
+        total; failures and a finite space may end a search before it."""
+        planned = self._planned()
+        if self.max_trials is None:
+            return planned
+        return self.max_trials if planned is None else min(planned, self.max_trials)
+
+    @property
     def pending(self) -> list[Suggestion]:
         """Suggestions asked and not told yet, in ask order."""
         return list(self._pending.values())
@@ -245,3 +256,8 @@ class Searcher(abc.ABC):
     def _exhausted(self) -> bool:
         """True when the searcher has nothing left to propose (besides max_trials)."""
         return False
+
+    def _planned(self) -> int | None:
+        """How many suggestions the search makes, when known in advance (besides
+        max_trials); None by default."""
+        return None

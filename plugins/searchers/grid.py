@@ -72,3 +72,6 @@ class GridSearcher(Searcher):
 
     def _exhausted(self) -> bool:
         return self._position >= self.total
+
+    def _planned(self) -> int:
+        return self.total

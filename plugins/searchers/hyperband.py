@@ -281,6 +281,13 @@ class HyperbandSearcher(Searcher):
     def _counts_for_best(self, suggestion: Suggestion) -> bool:
         return suggestion.resource is not None and suggestion.resource >= self.R * (1 - 1e-12)
 
+    def _planned(self) -> int | None:
+        """Every rung of every bracket, ``iterations`` times; None without ``iterations``.
+        Fewer when a finite space or failures leave rungs short."""
+        if self.iterations is None:
+            return None
+        return self.iterations * sum(n for plan in self.plans for n, _ in plan.rungs)
+
     def _exhausted(self) -> bool:
         if any(not b.done and not (b.asked and b.rung == b.plan.s) for b in self._brackets):
             return False

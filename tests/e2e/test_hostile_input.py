@@ -42,7 +42,22 @@ CASES = [
     ("an unwritable study path", "bad.toml",
      '[study]\nstorage = "/proc/medtune/study.sqlite"\n' + OBJECTIVE + SPACE, "run",
      "study.storage: cannot create /proc/medtune/study.sqlite"),
+    ("a negative seed", "bad.toml", "[study]\nseed = -1\n" + OBJECTIVE + SPACE, "run",
+     "study.seed: expected a non-negative integer, got -1"),
+    ("a NaN penalty", "bad.toml",
+     '[study]\non_failure = "penalize"\npenalty = nan\n' + OBJECTIVE + SPACE, "run",
+     "study.penalty: expected a finite number, got nan"),
+    ("a configuration that is not UTF-8", "bad.toml", b"\xff\xfe[study]\n" + SPACE.encode(),
+     "run", "bad.toml: not a UTF-8 text file"),
+    ("a study key in the searcher's table", "bad.toml",
+     '[searcher]\nname = "random"\nn_trials = 5\n' + OBJECTIVE + SPACE, "run",
+     "[searcher] n_trials: it belongs in [study], not in [searcher]"),
+    ("an option the searcher does not take", "bad.toml",
+     '[searcher]\nname = "random"\ngenerations = 5\n' + OBJECTIVE + SPACE, "run",
+     "searcher 'random': Searcher.__init__() got an unexpected keyword argument 'generations'"),
     ("a missing study", None, None, "resume", "no study at missing.db"),
+    ("a study name that is no study", None, None, "status",
+     "no study 'missing': neither a file missing nor studies/missing.sqlite exists"),
     ("a foreign SQLite file", "foreign.db", _foreign, "status",
      "is an SQLite database but not a medtune study"),
     ("a corrupt file", "garbage.db", _garbage, "report",
@@ -57,10 +72,13 @@ def test_bad_input_gets_one_line_and_status_2_and_writes_nothing(
     monkeypatch.chdir(tmp_path)
     if callable(content):
         name = content(tmp_path)
+    elif isinstance(content, bytes):
+        (tmp_path / name).write_bytes(content)
     elif content is not None:
         (tmp_path / name).write_text(content)
     before = sorted(p.name for p in tmp_path.iterdir())
-    assert main([command, name or "missing.db"]) == 2
+    missing = "missing" if command == "status" else "missing.db"
+    assert main([command, name or missing]) == 2
     out = capsys.readouterr().out.strip()
     assert out.startswith("error:") and message in out and "\n" not in out, out
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written

@@ -57,6 +57,8 @@ def test_run_status_report_and_resume(tmp_path, monkeypatch, capsys):
 
     assert main(["status", str(study)]) == 0
     assert "COMPLETE" in capsys.readouterr().out
+    assert main(["status", "tiny"]) == 0  # a study's name, looked up under studies/
+    assert "Study tiny (maximize)" in capsys.readouterr().out
     assert main(["resume", str(study)]) == 0  # nothing left to do: nothing is added
     with sqlite3.connect(study) as db:
         assert db.execute("SELECT count(*) FROM trials").fetchone()[0] == 6

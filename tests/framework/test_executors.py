@@ -22,7 +22,7 @@ from medtune.study import (
     run_trial,
 )
 from medtune.study.executors import objective_reference
-from tests.framework import study_fakes
+from tests.framework import stop_fakes, study_fakes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -198,3 +198,92 @@ def test_process_workers_share_the_cores_instead_of_oversubscribing():
         while not results:
             results.extend(executor.wait(timeout=30))
     assert results[0].value == max(1, cores // 2)
+
+
+# ------------------------------------------------------------- out of memory, exits, Ctrl-C
+
+
+def test_a_huge_allocation_fails_as_out_of_memory():
+    result = run_trial(stop_fakes.allocates_too_much, _task(0))
+    assert result.state is TrialState.FAIL
+    assert result.failure_reason is FailureReason.OUT_OF_MEMORY
+    assert "can't allocate memory" in result.traceback
+
+
+def test_sys_exit_in_an_objective_fails_its_trial_not_the_study(tmp_path):
+    from medtune.study import StudyStore, run_study
+    from tests.framework.study_fakes import FakeSearcher
+
+    with StudyStore.create(tmp_path / "s.db") as store:
+        summary = run_study(store, FakeSearcher(0), "tests.framework.stop_fakes:exits",
+                            n_trials=3, progress=False)
+        assert (summary.n_complete, summary.n_failed) == (2, 1)
+        (exited,) = store.trials([TrialState.FAIL])
+    assert exited.config["index"] == 1 and exited.failure_reason is FailureReason.EXCEPTION
+    assert "SystemExit: 3" in exited.traceback and "called sys.exit(3)" in exited.traceback
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="signals to a process by id")
+def test_a_worker_ignores_ctrl_c_from_its_start(capfd):
+    """Ctrl-C in a terminal reaches the workers too: one that gets it while it starts (before
+    it could set a handler) neither dies nor prints a traceback."""
+    import multiprocessing
+    import signal
+    import time
+
+    with ProcessExecutor("tests.framework.study_fakes:quadratic", n_workers=1) as executor:
+        executor.submit(_task(0))
+        (worker,) = multiprocessing.active_children()
+        for _ in range(40):  # throughout its start-up: interpreter, imports, objective
+            os.kill(worker.pid, signal.SIGINT)
+            time.sleep(0.05)
+        results = []
+        while not results:
+            results.extend(executor.wait(timeout=60))
+    assert results[0].state is TrialState.COMPLETE
+    assert results[0].execution.worker_pid == worker.pid
+    captured = capfd.readouterr()
+    assert "KeyboardInterrupt" not in captured.err and "Traceback" not in captured.err
+
+
+# ------------------------------------------------------- refused before anything is written
+
+
+def _refused_config(tmp_path: Path, study: str) -> Path:
+    config = tmp_path / "study.toml"
+    config.write_text(
+        f'[study]\nstorage = "{tmp_path / "studies" / "s.sqlite"}"\nn_trials = 2\n{study}\n'
+        '[objective]\nfunction = "tests.framework.study_fakes:quadratic"\n\n'
+        '[space.x]\ntype = "float"\nlow = 0\nhigh = 1\n')
+    return config
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("study, message", [
+    ('executor = "process"\nn_workers = 2\naddress = "auto"',
+     "the process executor takes no options, got address (address is for executor 'ray')"),
+    ('executor = "inline"\nn_workers = 2', "the inline executor runs one trial at a time"),
+    ('executor = "ray"\nn_workers = 2\naddress = "127.0.0.1:{port}"', "cannot reach a Ray cluster"),
+])
+def test_a_refused_executor_leaves_no_file(tmp_path, capsys, study, message):
+    import time
+
+    from medtune.cli import main
+
+    if "ray" in study:
+        pytest.importorskip("ray")
+    config = _refused_config(tmp_path, study.format(port=_free_port()))
+    clock = time.monotonic()
+    assert main(["run", str(config)]) == 2
+    assert time.monotonic() - clock < 30  # an unreachable cluster is not waited for
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert str(config) in lines[0]
+    assert not (tmp_path / "studies").exists()  # no study file, log or lock, not even a folder

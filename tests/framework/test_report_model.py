@@ -1,5 +1,7 @@
 """Study reports for model-based searchers: predicted against observed values with the 95 %
-band (and its coverage), and parameter relevance from the GP's length-scales."""
+band (and its coverage), and parameter relevance from the GP's length-scales; and the figures
+of every report, checked on their matplotlib objects: learning curves, parameters, GLF
+trajectories."""
 
 from __future__ import annotations
 
@@ -8,9 +10,19 @@ import math
 import pytest
 
 import medtune
-from medtune.report import model_calibration, model_relevance, write_report
+from medtune.report import (
+    GLF_LABELS,
+    calibration_figure,
+    learning_curves_figure,
+    model_calibration,
+    model_relevance,
+    parameters_figure,
+    trajectories_figure,
+    write_report,
+)
 from medtune.search.space import SearchSpace
 from medtune.study import StudyStore, run_study
+from medtune.study.store import Execution
 
 
 def _model(mean: float, std: float, relevance: dict[str, float] | None = None) -> dict:
@@ -185,3 +197,98 @@ def test_plot_titles_carry_the_whole_configuration_wrapped():
     assert "learning_rate=0.000123" in text and "weight_decay=1.5e-05" in text
     many = config_lines({f"parameter_{i}": i for i in range(40)}, width=60, lines=3)
     assert len(many) == 3 and many[-1].endswith("...")
+
+SPACE = SearchSpace.from_dict({
+    "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
+    "width": {"type": "ordinal", "values": [4, 8, 16]},
+    "loss": {"type": "categorical", "choices": ["dice", "glf", "tversky"]},
+})
+
+
+def _curves_study(path, with_loss: bool = True) -> list:
+    """Hyperband-like trials (1, 1, 3 and 9 epochs); the last one fails after 2 epochs."""
+    with StudyStore.create(path, direction="maximize") as store:
+        for i, (epochs, loss, width) in enumerate([(1, "dice", 4), (1, "glf", 16), (3, "glf", 8),
+                                                   (9, "tversky", 16), (2, "dice", 8)]):
+            config = {"lr": 0.01 * (i + 1), "width": width, **({"loss": loss} if with_loss else {})}
+            trial = store.create_trial(suggestion_id=i, config=config, seed=i, resource=epochs)
+            curve = tuple((float(e), 0.1 * e + 0.01 * i) for e in range(1, epochs + 1))
+            if i == 4:
+                store.fail_trial(trial, "exception", "ValueError: diverged",
+                                 Execution(intermediate=curve))
+            else:
+                store.complete_trial(trial, curve[-1][1], Execution(intermediate=curve))
+        return sorted(store.trials(), key=lambda t: t.completion_order)
+
+
+def test_learning_curves_are_coloured_by_the_loss_and_show_one_epoch_trials(tmp_path):
+    trials = _curves_study(tmp_path / "s.sqlite")
+    fig = learning_curves_figure(trials, SPACE)
+    ax = fig.axes[0]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["loss = dice", "loss = glf", "loss = tversky", "failed trial"]
+    lines = [line for line in ax.get_lines() if len(line.get_xdata())]
+    assert len(lines) == 5
+    one_epoch = [line for line in lines if len(line.get_xdata()) == 1]
+    assert len(one_epoch) == 2 and all(line.get_marker() == "o" for line in one_epoch)
+    assert len({line.get_color() for line in lines}) == 3  # one colour per loss
+    assert [line.get_linestyle() for line in lines].count(":") == 1  # the failed trial
+
+
+def test_learning_curves_without_a_categorical_parameter_are_coloured_by_trial(tmp_path):
+    trials = _curves_study(tmp_path / "s.sqlite", with_loss=False)
+    space = SearchSpace.from_dict({"lr": {"type": "float", "low": 1e-3, "high": 1e-1},
+                                   "width": {"type": "int", "low": 4, "high": 16}})
+    fig = learning_curves_figure(trials, space)
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "trial (in completion order)"
+    colours = {tuple(line.get_color()) for line in fig.axes[0].get_lines()
+               if len(line.get_xdata())}
+    assert len(colours) == 5
+    # without a space (a study not made from a configuration) only text values colour curves
+    assert len(learning_curves_figure(trials).axes) == 2
+
+
+def test_ordinal_and_categorical_parameters_are_drawn_as_categories(tmp_path):
+    trials = _curves_study(tmp_path / "s.sqlite")
+    fig = parameters_figure(trials, SPACE)
+    axes = {ax.get_xlabel(): ax for ax in fig.axes}
+    width = axes["width"]
+    assert [t.get_text() for t in width.get_xticklabels()] == ["4", "8", "16"]
+    assert list(width.get_xticks()) == [0, 1, 2]  # evenly spaced, in the space's order
+    widths = sorted(width.collections[0].get_offsets()[:, 0])
+    assert widths == [0.0, 1.0, 2.0, 2.0]  # 4, 8, 16, 16 (the failed trial is not shown)
+    assert [t.get_text() for t in axes["loss"].get_xticklabels()] == ["dice", "glf", "tversky"]
+    assert axes["lr"].get_xscale() == "log"  # the space says so, though lr spans 4x only
+    # without a space, integers taking few values are categories too, sorted by value
+    axes = {ax.get_xlabel(): ax for ax in parameters_figure(trials).axes}
+    assert [t.get_text() for t in axes["width"].get_xticklabels()] == ["4", "8", "16"]
+
+
+def test_glf_trajectories_have_readable_labels_and_a_value_axis(tmp_path):
+    with StudyStore.create(tmp_path / "s.sqlite") as store:
+        trial = store.create_trial(suggestion_id=0, config={"loss": "glf"}, seed=0)
+        series = {name: [1.0, 0.9 - 0.1 * k, 0.8] for k, name in enumerate(GLF_LABELS)}
+        store.complete_trial(trial, 0.5, Execution(metrics=series))
+        (trial,) = store.trials()
+    ax = trajectories_figure(trial).axes[0]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == [r"$\alpha_P$", r"$\alpha_N$", r"$\beta^2$",
+                      r"$\alpha_P$ (Tversky plane)", r"$\alpha_N$ (Tversky plane)"]
+    assert not any("glf_" in text for text in legend)
+    assert ax.get_ylabel() == "coefficient value (log scale)"
+    lines = ax.get_lines()
+    assert lines[3].get_color() == lines[0].get_color() and lines[3].get_linestyle() == "--"
+
+
+def test_the_model_plot_shows_the_whole_band(tmp_path):
+    """A Dice-like objective near 1 whose model is unsure: the band reaches far above 1 and
+    below the observations; the value axis holds all of it."""
+    with StudyStore.create(tmp_path / "s.sqlite", direction="maximize") as store:
+        for i, (mean, std, value) in enumerate([(-0.9, 0.2, 0.95), (-0.8, 0.3, 0.85),
+                                                (-0.95, 0.15, 0.97)]):
+            _add(store, {"model": _model(mean, std)}, value)
+        trials = sorted(store.trials(), key=lambda t: t.completion_order)
+    calibration = model_calibration(trials, "maximize")
+    ax = calibration_figure(calibration, trials).axes[0]
+    low, high = ax.get_ylim()
+    assert high >= 0.8 + 1.96 * 0.3 and low <= 0.8 - 1.96 * 0.3

@@ -16,6 +16,7 @@ import pytest
 
 from medtune.study import (
     FailureReason,
+    StudyInterrupted,
     StudyRunError,
     StudyStore,
     StudyStoreError,
@@ -25,6 +26,7 @@ from medtune.study import (
     run_study,
     trial_seed,
 )
+from tests.conftest import alive
 from tests.conftest import python_path as _python_path
 from tests.framework.study_fakes import FAILURE_KINDS, FakeSearcher, Scaled
 
@@ -186,15 +188,23 @@ def test_resume_refuses_a_searcher_that_does_not_replay(tmp_path):
                      "tests.framework.study_fakes:quadratic", n_trials=5, progress=False)
 
 
-def test_an_interrupted_driver_leaves_orphans_that_resume_requeues(tmp_path, monkeypatch):
+def test_an_interrupted_run_records_its_trial_in_flight_and_resume_reruns_it(
+    tmp_path, monkeypatch
+):
     path = tmp_path / "s.db"
     monkeypatch.setenv("MEDTUNE_TEST_INTERRUPT", "1")
     with StudyStore.create(path, seed=4) as store:
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(StudyInterrupted) as raised:  # a KeyboardInterrupt
             run_study(store, FakeSearcher(store.seed),
                       "tests.framework.study_fakes:interrupt_on_index_3", n_trials=6,
                       progress=False)
-        assert [t.state for t in store.trials()] == [TrialState.COMPLETE] * 3 + [TrialState.RUNNING]
+        assert isinstance(raised.value, KeyboardInterrupt) and raised.value.trial_ids == [4]
+        assert str(raised.value) == ("Interrupted: 1 trial in flight recorded as interrupted; "
+                                     f"continue with `medtune resume {path}`")
+        trials = store.trials()
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.REQUEUED]
+        assert trials[3].failure_reason is FailureReason.INTERRUPTED
+        assert "interrupted (Ctrl-C)" in trials[3].traceback and trials[3].finished
     monkeypatch.setenv("MEDTUNE_TEST_INTERRUPT", "0")
     summary = resume_study(path, FakeSearcher, "tests.framework.study_fakes:interrupt_on_index_3",
                            n_trials=6, progress=False)
@@ -274,14 +284,6 @@ _DRIVER = textwrap.dedent("""
 """)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _side_entries(side: Path) -> list[tuple[str, int, int]]:
     entries = []
     for line in side.read_text().splitlines():
@@ -324,9 +326,9 @@ def test_sigkill_mid_study_then_resume_loses_nothing_and_runs_nothing_twice(
     # The workers die with the driver: nothing of the first session keeps running.
     first_pids = {pid for session, _, pid in _side_entries(side) if session == "first"}
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in first_pids) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in first_pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in first_pids)
+    assert not any(alive(pid) for pid in first_pids)
 
     assert _integrity(path) == "ok"
     with StudyStore(path) as store:
@@ -394,6 +396,9 @@ def test_ray_executor_runs_the_same_study_on_a_local_cluster(tmp_path, ray_clust
     assert (summary.n_complete, summary.n_failed) == (local.n_complete, local.n_failed) == (4, 1)
     (dead,) = [t for t in trials if t.state is TrialState.FAIL]
     assert dead.config["index"] == 1 and dead.failure_reason is FailureReason.WORKER_DIED
+    # the worker that died is named: its task said where it ran when it started
+    assert dead.host and dead.worker_pid not in (None, os.getpid())
+    assert f"pid {dead.worker_pid} on {dead.host}" in dead.traceback
     ran = [t for t in trials if t.state is TrialState.COMPLETE]
     assert all(t.worker_pid not in (None, os.getpid()) for t in ran)  # ran on Ray workers
 

@@ -12,6 +12,7 @@ import pytest
 
 from medtune.study import (
     SCHEMA_VERSION,
+    DamagedTrialError,
     Execution,
     FailureReason,
     NotAStudyError,
@@ -273,3 +274,91 @@ def test_one_driver_at_a_time(study):
                 pass
     with driver_lock(study.path):  # released on exit
         pass
+
+
+def _damage(path, sql: str, parameters=()) -> None:
+    """Change the file behind the store's back, as a crash, a disk fault or a hand edit might."""
+    connection = sqlite3.connect(path)
+    connection.execute(sql, parameters)
+    connection.commit()
+    connection.close()
+
+
+def _three_trials(store: StudyStore) -> None:
+    for index, value in enumerate([0.5, 0.1, 0.9]):
+        trial = store.create_trial(suggestion_id=index, config={"i": index}, seed=index)
+        store.complete_trial(trial, value, Execution(metrics={"dice": value}))
+
+
+@pytest.mark.parametrize("column, text, problem", [
+    ("config", "{not json", "config is not valid JSON"),
+    ("metrics", "[1, 2]", "metrics is not a JSON object"),
+    ("started", "yesterday", "started is 'yesterday', not an ISO 8601 date"),
+    ("value", "fast", "value is 'fast', not a number"),
+])
+def test_a_damaged_trial_is_left_out_and_named_once(study, caplog, column, text, problem):
+    _three_trials(study)
+    _damage(study.path, f"UPDATE trials SET {column} = ? WHERE id = 2", (text,))  # the best one
+    with StudyStore(study.path, read_only=True) as store, caplog.at_level("WARNING"):
+        assert [t.id for t in store.trials()] == [1, 3]
+        assert [t.id for t in store.trials([TrialState.COMPLETE])] == [1, 3]
+        assert store.best_trial().id == 1  # the damaged best is passed over
+        assert list(store.damaged_trials()) == [2] and problem in store.damaged_trials()[2]
+        with pytest.raises(DamagedTrialError, match=f"trial 2 is damaged \\({problem}"):
+            store.trial(2)
+        assert store.trial(3).value == 0.9
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings  # one per trial, however often it is read
+    assert "study.db: trial 2 is damaged" in warnings[0] and "\n" not in warnings[0]
+
+
+def test_resume_refuses_a_damaged_study_naming_the_trial_and_changes_nothing(tmp_path):
+    from medtune.study import resume_study, run_study
+    from tests.framework.study_fakes import FakeSearcher
+
+    path = tmp_path / "s.db"
+    with StudyStore.create(path, seed=2) as store:
+        run_study(store, FakeSearcher(store.seed), "tests.framework.study_fakes:quadratic",
+                  n_trials=3, progress=False)
+        orphan = store.create_trial(suggestion_id=3, config={"index": 3}, seed=0)
+    _damage(path, "UPDATE trials SET finished = 'soon' WHERE id = 2")
+    before = path.read_bytes()
+    with pytest.raises(DamagedTrialError) as refused:
+        resume_study(path, FakeSearcher, "tests.framework.study_fakes:quadratic", n_trials=5,
+                     progress=False)
+    message = str(refused.value)
+    assert "s.db: trial 2 is damaged (finished is 'soon'" in message and "cannot resume" in message
+    assert "\n" not in message
+    assert path.read_bytes() == before
+    with StudyStore(path, read_only=True) as store:
+        assert store.trial(orphan).state is TrialState.RUNNING  # not requeued
+
+
+def test_damaged_metadata_is_refused_by_name(study):
+    _damage(study.path, "UPDATE meta SET value = 'last week' WHERE key = 'created'")
+    with pytest.raises(NotAStudyError, match="study.db: the study's meta table is damaged"):
+        StudyStore(study.path)
+
+
+def _version_1_study(path) -> None:
+    """A study as schema version 1 wrote it (no metrics column), with one trial."""
+    with StudyStore.create(path) as store:
+        store.complete_trial(store.create_trial(suggestion_id=0, config={"x": 1}, seed=0), 2.0)
+    _damage(path, "ALTER TABLE trials DROP COLUMN metrics")
+    _damage(path, "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+
+
+def test_a_read_only_store_never_writes_the_file_not_even_to_upgrade_it(tmp_path):
+    path = tmp_path / "old.db"
+    _version_1_study(path)
+    before = path.read_bytes()
+    with StudyStore(path, read_only=True) as store:
+        assert store.info.schema_version == 1  # the file's; read through an upgraded copy
+        (trial,) = store.trials()
+        assert trial.value == 2.0 and trial.metrics == {}
+        with pytest.raises(StudyStoreError, match="old.db was opened read-only"):
+            store.create_trial(suggestion_id=1, config={}, seed=0)
+    assert path.read_bytes() == before
+    with StudyStore(path) as store:  # a writer upgrades it
+        assert store.info.schema_version == SCHEMA_VERSION
+    assert path.read_bytes() != before

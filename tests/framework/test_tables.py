@@ -119,3 +119,12 @@ def test_run_prints_the_table_and_the_report_shows_it(tmp_path, monkeypatch, cap
     assert any("0.250" in line and "0.500" in line and " 2 " in line for line in lines), out
     page = (tmp_path / "studies" / "metrics_table_report" / "index.html").read_text()
     assert "<h2>Results</h2>" in page and "<td>2.000 ± 0.000</td>" in page and "Squares by x" in page
+
+
+def test_row_labels_show_numbers_to_significant_digits(tmp_path):
+    with StudyStore.create(tmp_path / "s.sqlite") as store:
+        for lr in (0.029999999999999995, 0.1):
+            trial_id = store.create_trial(suggestion_id=0, config={"lr": lr, "width": 16}, seed=0)
+            store.complete_trial(trial_id, lr)
+        table = summarise(store.trials(), TableSpec("t", ("lr", "width"), ("value",)))
+    assert [row.labels for row in table.rows] == [("0.03", "16"), ("0.1", "16")]
