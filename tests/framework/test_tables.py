@@ -58,11 +58,11 @@ def test_a_version_1_study_is_migrated_in_place(tmp_path):
         db.execute("ALTER TABLE trials DROP COLUMN metrics")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     with StudyStore(path) as store:
-        assert store.info.schema_version == SCHEMA_VERSION == 2
+        assert store.info.schema_version == SCHEMA_VERSION == 3
         (trial,) = store.trials()
         assert trial.value == 2.0 and trial.metrics == {}
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
 
 
 def test_summarise_groups_by_row_keys_in_order_of_appearance(tmp_path):
