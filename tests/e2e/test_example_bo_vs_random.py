@@ -15,6 +15,7 @@ import pytest
 import medtune.report
 from medtune.cli import main
 from tests.conftest import rewrite_settings
+from tests.e2e.recorded import check_recorded
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bo_vs_random.toml"
 TINY = {"train_size": "8", "val_size": "8", "epochs": "1", "runs": "20"}
@@ -136,6 +137,7 @@ def test_tiny_bo_vs_random(tmp_path, monkeypatch, capsys):
     path = tmp_path / "bo_vs_random.toml"
     path.write_text(rewrite_settings(EXAMPLE.read_text(), TINY))
     _check(tmp_path, _run(path, monkeypatch, capsys), runs=20)
+    check_recorded("bo_vs_random", tmp_path / "studies" / "bo_vs_random.sqlite")
 
 
 @pytest.mark.slow

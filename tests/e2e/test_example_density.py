@@ -12,6 +12,7 @@ import pytest
 
 from medtune.cli import main
 from tests.conftest import rewrite_settings
+from tests.e2e.recorded import check_recorded
 from medtune.study.store import StudyStore
 from medtune.tasks.regression import report_figures
 
@@ -54,6 +55,7 @@ def test_tiny_density_weighting(tmp_path, monkeypatch, capsys):
     path = tmp_path / "density_weighting.toml"
     path.write_text(rewrite_settings(EXAMPLE.read_text(), TINY))
     _run_and_check(path, tmp_path, monkeypatch, capsys)
+    check_recorded("density_weighting", tmp_path / "studies" / "density_weighting.sqlite")
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import pytest
 
 from medtune.cli import main
 from tests.conftest import rewrite_settings
+from tests.e2e.recorded import check_recorded
 from medtune.study.store import StudyStore
 from medtune.tasks.regions import REGIONS, report_figures
 
@@ -52,6 +53,7 @@ def test_tiny_l2_sweep(tmp_path, monkeypatch, capsys):
     path = tmp_path / "l2_sweep.toml"
     path.write_text(rewrite_settings(EXAMPLE.read_text(), TINY))
     _run_and_check(path, tmp_path, monkeypatch, capsys)
+    check_recorded("l2_sweep", tmp_path / "studies" / "l2_sweep.sqlite")
 
 
 @pytest.mark.slow

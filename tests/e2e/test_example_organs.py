@@ -13,6 +13,7 @@ import pytest
 
 from medtune.cli import main
 from tests.conftest import rewrite_settings
+from tests.e2e.recorded import check_recorded
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TRANSFER = EXAMPLES / "transfer_organs.toml"
@@ -66,6 +67,7 @@ def test_tiny_transfer_organs(tmp_path, monkeypatch, capsys):
     path = tmp_path / TRANSFER.name
     path.write_text(rewrite_settings(TRANSFER.read_text(), TRANSFER_TINY))
     _run_and_check(path, tmp_path, "transfer_organs", TRANSFER_METRICS, monkeypatch, capsys)
+    check_recorded("transfer_organs", tmp_path / "studies" / "transfer_organs.sqlite")
 
 
 def test_tiny_template_deformation(tmp_path, monkeypatch, capsys):
@@ -73,6 +75,7 @@ def test_tiny_template_deformation(tmp_path, monkeypatch, capsys):
     path = tmp_path / TEMPLATE.name
     path.write_text(rewrite_settings(TEMPLATE.read_text(), TEMPLATE_TINY))
     _run_and_check(path, tmp_path, "template_deformation", TEMPLATE_METRICS, monkeypatch, capsys)
+    check_recorded("template_deformation", tmp_path / "studies" / "template_deformation.sqlite")
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import pytest
 
 from medtune.cli import main
 from tests.conftest import rewrite_settings
+from tests.e2e.recorded import check_recorded
 from medtune.study.store import StudyStore, TrialState
 from medtune.tasks.quality import report_figures
 
@@ -80,6 +81,7 @@ def test_tiny_quality_estimation(tmp_path, monkeypatch, capsys):
     path = tmp_path / "quality_tiny.toml"
     path.write_text(_tiny_text())
     _run_and_check(path, tmp_path, 4, monkeypatch, capsys)
+    check_recorded("quality_estimation", tmp_path / "studies" / "quality_estimation.sqlite")
 
 
 @pytest.mark.slow

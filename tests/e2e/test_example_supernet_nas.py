@@ -14,6 +14,7 @@ import pytest
 
 from medtune.cli import main
 from tests.conftest import rewrite_settings
+from tests.e2e.recorded import check_recorded
 from medtune.plugins.nas.analysis import report_figures
 from medtune.plugins.nas.cells import Cell, enumerate_cells
 from medtune.plugins.nas.tabular import TABLE_SPACE, TableError, load_table, tabulated_objective
@@ -89,6 +90,7 @@ def test_tiny_supernet_nas(tmp_path, monkeypatch, capsys):
     path = tmp_path / "supernet_nas.toml"
     path.write_text(rewrite_settings(EXAMPLE.read_text(), TINY))
     _run_and_check(path, tmp_path, monkeypatch, capsys)
+    check_recorded("supernet_nas", tmp_path / "studies" / "supernet_nas.sqlite")
 
 
 @pytest.mark.slow

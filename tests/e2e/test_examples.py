@@ -11,6 +11,7 @@ import pytest
 
 from medtune.cli import main
 from medtune.studies import DEMO_CONFIG
+from tests.e2e.recorded import check_recorded
 
 #: setting -> value of the tiny variant (same study, a fraction of the work)
 TINY = {"train_size": "16", "val_size": "8", "iterations": "1"}
@@ -53,6 +54,7 @@ def test_tiny_demo_runs_and_reports_lesions(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("COLUMNS", "250")  # a wide terminal: every column header in full
     assert main(["run", str(_tiny_demo(tmp_path))]) == 0
     _check_study(tmp_path, min_trials=20, min_dice=0.0, out=capsys.readouterr().out)
+    check_recorded("demo", tmp_path / "studies" / "search_small_lesions.sqlite")
 
 
 @pytest.mark.slow

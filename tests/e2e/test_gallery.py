@@ -14,6 +14,7 @@ import pytest
 
 from medtune.cli import main
 from tests.conftest import rewrite_settings
+from tests.e2e.recorded import check_recorded
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 GLF = EXAMPLES / "glf_small_lesions.toml"
@@ -131,6 +132,7 @@ def test_tiny_glf_small_lesions(tmp_path, monkeypatch, capsys):
     path = tmp_path / "glf_tiny.toml"
     path.write_text(rewrite_settings(GLF.read_text(), GLF_TINY))
     _check_glf(tmp_path, _run(path, monkeypatch, capsys), repeats=2)
+    check_recorded("glf_small_lesions", tmp_path / "studies" / "glf_small_lesions.sqlite")
 
 
 def test_tiny_hyperband_bohb(tmp_path, monkeypatch, capsys):
@@ -138,6 +140,8 @@ def test_tiny_hyperband_bohb(tmp_path, monkeypatch, capsys):
     studies = _run_hyperband(tmp_path, (0,), True, monkeypatch, capsys)
     _check_hyperband(studies, epochs=3, budget_levels=1)
     _compare(tmp_path, (0,), monkeypatch, capsys)
+    for name in studies:  # one per searcher
+        check_recorded(name, tmp_path / "studies" / f"{name}.sqlite")
 
 
 @pytest.mark.slow
