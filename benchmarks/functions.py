@@ -2,7 +2,7 @@
 
 Branin and Hartmann-6 are the usual Bayesian-optimisation test functions (Surjanovic & Bingham,
 "Virtual Library of Simulation Experiments"), both minimised. :class:`TabulatedProblem` is a
-finite space of 34,300 configurations (7 × 7 × 7 × 10 × 10, the size of the search of seed 004
+finite space of 34,300 configurations (7 × 7 × 7 × 10 × 10, the size of the search of Bertrand2019,
 sec. 2.6.3) whose "validation loss" is a table computed once from a smooth function of the
 parameters plus seeded noise, with a learning-curve term for multi-fidelity searchers: the loss
 after ``r`` epochs (``r`` up to ``R``) is the final loss plus a term that decays with ``r`` at a

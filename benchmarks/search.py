@@ -791,7 +791,7 @@ def render_finite(result: FiniteResult) -> list[str]:
         "#### Full-budget searchers",
         "",
         f"Every evaluation at the full budget R; budget {result.budget} evaluations (the "
-        f"search of seed 004 sec. 2.6.3 trained 300), {_plural(result.seeds, 'seed')}, "
+        f"search of Bertrand2019, sec. 2.6.3 trained 300), {_plural(result.seeds, 'seed')}, "
         "stopped once the best configuration is found; Optuna trials that repeat a "
         "configuration count as evaluations. Ask + tell time: median over every suggestion of "
         "every seed (medtune bayes scores every untested configuration at each ask).",

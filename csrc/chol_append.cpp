@@ -1,5 +1,5 @@
 // chol_append: extend a lower Cholesky factor L [n, n] (and optionally L^-1) by k new rows
-// (seed 004, appendix A):  B = K_kn L^-T,  S = K_kk - B B^T,  L_kk = chol(S),
+// (Bertrand2019, appendix A):  B = K_kn L^-T,  S = K_kk - B B^T,  L_kk = chol(S),
 //   L'  = [[L, 0], [B, L_kk]],   L'^-1 = [[L^-1, 0], [-L_kk^-1 B L^-1, L_kk^-1]].
 // The forward substitution is blocked: each block of rows first subtracts the contribution of
 // all solved rows (dot products, parallel over the block's rows), then solves its small

@@ -21,7 +21,7 @@ Layout::
     eta = 3
 
     [objective]
-    task = "segmentation"            # a built-in task, or function = "package.module:function"
+    task = "segmentation"            # a task plugin, or function = "package.module:function"
     [objective.settings]             # fixed settings merged under every configuration
     epochs = 9
 
@@ -64,20 +64,11 @@ from pathlib import Path
 from typing import Any
 
 from medtune.errors import MedtuneError
+from medtune.registry import available
 from medtune.search.replay import Goal, ReplayError
-
-TASKS = {
-    "segmentation": "medtune.tasks.segmentation:train_segmentation",
-    "transfer": "medtune.tasks.transfer:train_transfer",
-    "template": "medtune.tasks.template:train_template",
-    "quality": "medtune.tasks.quality:train_quality",
-    "regions": "medtune.tasks.regions:train_regions",
-    "nas": "medtune.tasks.nas:train_nas",
-    "regression": "medtune.tasks.regression:train_regression",
-}
-EXECUTORS = ("inline", "process", "ray")
-DIRECTIONS = ("minimize", "maximize")
-FAILURE_POLICIES = ("exclude", "penalize")
+from medtune.search.searcher import DIRECTIONS, FAILURE_POLICIES
+from medtune.study.executors import EXECUTORS
+from medtune.tasks import check_settings, load_task
 
 
 class ConfigError(MedtuneError, ValueError):
@@ -211,9 +202,7 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
     if trial_timeout is not None and not 0 <= trial_timeout < math.inf:
         raise ConfigError(f"{w}.trial_timeout: expected a positive number of seconds (0 for no "
                           f"limit), got {trial_timeout}")
-    n_workers = _expect(study, "n_workers", int, w, 1)
-    if n_workers < 1:
-        raise ConfigError(f"{w}.n_workers: expected a positive integer, got {n_workers}")
+    n_workers = _expect(study, "n_workers", int, w, 1)  # checked with the executor's settings
     on_failure = _choice(_expect(study, "on_failure", str, w, "exclude"), FAILURE_POLICIES, f"{w}.on_failure")
     penalty = _expect(study, "penalty", (int, float), w)
     if penalty is not None and not math.isfinite(penalty):
@@ -236,11 +225,15 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
     task = _expect(objective_table, "task", str, ow)
     function = _expect(objective_table, "function", str, ow)
     if (task is None) == (function is None):
-        raise ConfigError(f"{ow}: give exactly one of task = \"{'|'.join(TASKS)}\" or function = \"module:function\"")
-    if task is not None:
-        objective = TASKS.get(task)
-        if objective is None:
-            raise ConfigError(f"{ow}.task: expected one of {', '.join(TASKS)}, got {task!r}")
+        raise ConfigError(f"{ow}: give exactly one of task = \"{'|'.join(available('task'))}\" or "
+                          "function = \"module:function\"")
+    task_plugin = None
+    if task is not None:  # a task plugin, found through the registry (did-you-mean when unknown)
+        try:
+            task_plugin = load_task(task)
+        except MedtuneError as exc:
+            raise ConfigError(f"{ow}.task: {exc}") from None
+        objective = task
     else:
         if ":" not in function:
             raise ConfigError(f"{ow}.function: expected \"package.module:function\", got {function!r}")
@@ -261,11 +254,20 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
         name += suffix
         storage = storage.with_name(storage.stem + suffix + storage.suffix)
 
+    if task_plugin is not None:  # the fixed settings' names and types, before anything runs
+        try:
+            check_settings(task_plugin.name, task_plugin.settings, settings)
+        except MedtuneError as exc:
+            raise ConfigError(f"{ow}.settings: {exc}") from None
+
     space = _expect(data, "space", dict, where, required=True)
     for parameter, table in space.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: space.{parameter}: expected a table with a type, got {table!r}")
-    table_spec = _table_spec(_expect(data, "table", dict, where), space, name, where)
+    table = _expect(data, "table", dict, where)
+    if table is None and task_plugin is not None:
+        table = task_plugin.default_table(space)
+    table_spec = _table_spec(table, space, name, where)
     replay_spec = _replay_spec(_expect(data, "replay", dict, where), where)
     return StudyConfig(
         name=name,

@@ -38,6 +38,16 @@ def medtune_searchers() -> Mapping[str, Factory]:
 
 
 @hookspec
+def medtune_tasks() -> Mapping[str, Factory]:
+    """Called once when the registry first needs tasks (kind ``task``): to resolve a study's
+    ``[objective] task``, in the driver and in every worker that runs its trials.
+
+    Returns ``{name: factory}``; each factory, called without arguments, builds a
+    :class:`medtune.tasks.Task` (a subclass is its own factory).
+    """
+
+
+@hookspec
 def medtune_transfer_layers() -> Mapping[str, Factory]:
     """Called once when the registry first needs transfer layers (kind ``transfer_layer``).
 

@@ -1,4 +1,4 @@
-"""Dataset curation with a quality estimator (seed 000, discussion): flag the doubtful cases.
+"""Dataset curation with a quality estimator (Kofler2022, discussion): flag the doubtful cases.
 
 ``screen(estimator, cases, threshold)`` rates every case with a trained estimator (any object
 with ``predict(cases) -> ratings``, such as the ``dqe`` plugin) and returns the cases rated

@@ -3,6 +3,7 @@ top of the study loop."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -11,10 +12,10 @@ from rich.table import Table
 import medtune
 from medtune.config import ConfigError, StudyConfig, load_config, parse_config
 from medtune.errors import MedtuneError
-from medtune.report import study_replay, write_comparison, write_report
-from medtune.search.space import SearchSpace
-from medtune.study.executors import Executor, ExecutorError, make_executor, resolve_objective
-from medtune.study.runner import StudySummary, resume_study, run_study
+from medtune.report import StudyReplay, report_folder, study_replay, write_comparison, write_report
+from medtune.search import Searcher, SearchSpace
+from medtune.study.executors import Executor, ExecutorError, declared_trial_timeout
+from medtune.study.runner import RunOptions, StudySummary, resume_study, run_study
 from medtune.study.store import SCHEMA_VERSION, StudyStore, StudyStoreError, TrialState
 from medtune.tables import format_config, format_number, study_table, verbatim
 from medtune.tasks import ConfiguredObjective
@@ -27,21 +28,16 @@ MAX_METRIC_COLUMNS = 9
 DEMO_CONFIG = Path(__file__).with_name("demo.toml")
 
 
-def _searcher_factory(config: StudyConfig):
-    where = f"{config.path or '<config>'}: space"
-    space = SearchSpace.from_dict(config.space, where=where)
-
-    def build(seed: int):
-        # the runner negates values of maximising studies and applies the failure policy
+def _searcher(config: StudyConfig, space: SearchSpace, seed: int) -> Searcher:
+    """The study's searcher, built with the study's direction and failure policy (it applies
+    them; the study loop only reports outcomes)."""
+    try:
         return medtune.create("searcher", config.searcher, space=space, seed=seed,
-                              **config.searcher_options)
-
-    try:  # validate the searcher and its options before anything is written
-        build(config.seed)
+                              direction=config.direction, on_failure=config.on_failure,
+                              penalty=config.penalty, **config.searcher_options)
     except TypeError as exc:  # an option the searcher's constructor does not take
         raise ConfigError(f"{config.path or '<config>'}: searcher {config.searcher!r}: {exc}; "
                           "check the option names of [searcher]") from None
-    return build
 
 
 def _import_path(config: StudyConfig) -> tuple[str, ...]:
@@ -53,34 +49,61 @@ def _import_path(config: StudyConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys(str(folder) for folder in folders))
 
 
-def _check_objective(config: StudyConfig) -> None:
-    """Import the objective before anything is written: a name that does not import would
-    otherwise fail every trial of the study."""
+@dataclass(frozen=True)
+class _Study:
+    """What a configuration describes, built and checked before anything is written: the
+    search space, the searcher (once, with the study's seed), the objective and how the run
+    goes."""
+
+    space: SearchSpace
+    searcher: Searcher
+    objective: ConfiguredObjective
+    options: RunOptions
+
+
+def _prepare(config: StudyConfig, seed: int) -> _Study:
+    """Build the study ``config`` describes: its space and searcher, its objective (resolved
+    here, once: a name that does not import would otherwise fail every trial; a task was found
+    when the configuration was read) and its run options."""
+    where = config.path or "<config>"
+    space = SearchSpace.from_dict(config.space, where=f"{where}: space")
+    searcher = _searcher(config, space, seed)
+    import_path = _import_path(config)
+    objective = ConfiguredObjective(config.objective, config.settings)
+    trial_timeout = config.trial_timeout
     try:
-        resolve_objective(config.objective, _import_path(config))
+        function = objective.resolve(import_path)
+        if trial_timeout is None:  # the limit the objective declares (0: none)
+            trial_timeout = declared_trial_timeout(function) or 0.0
     except ExecutorError as exc:
-        raise ConfigError(f"{config.path or '<config>'}: objective: {exc}") from None
-
-
-def _executor(config: StudyConfig, objective: ConfiguredObjective) -> Executor:
-    """The study's executor, built before anything is written: an option it refuses or a Ray
-    cluster it cannot reach leaves no study file behind."""
-    options = {"address": config.address} if config.address else {}
+        raise ConfigError(f"{where}: objective: {exc}") from None
     try:
-        return make_executor(config.executor, objective, config.n_workers,
-                             trial_timeout=config.trial_timeout,
-                             import_path=_import_path(config), **options)
+        options = RunOptions(
+            n_trials=config.n_trials, timeout=config.timeout, executor=config.executor,
+            n_workers=config.n_workers, trial_timeout=trial_timeout,
+            executor_options={"address": config.address} if config.address else {},
+            import_path=import_path,
+        )
+    except ExecutorError as exc:  # an executor setting or option it refuses
+        raise ConfigError(f"{where}: study: {exc}") from None
+    return _Study(space, searcher, objective, options)
+
+
+def _executor(config: StudyConfig, study: _Study) -> Executor:
+    """The study's executor, built before anything is written: a Ray cluster it cannot reach
+    leaves no study file behind."""
+    try:
+        return study.options.make_executor(study.objective)
     except ExecutorError as exc:
         raise ConfigError(f"{config.path or '<config>'}: study: {exc}") from None
 
 
-def _check_replay(config: StudyConfig) -> None:
+def _check_replay(config: StudyConfig, space: SearchSpace) -> None:
     """A ``[replay]`` table needs a finite space and searchers that accept their options:
     checked before anything is written, not after the study ran."""
     if config.replay is None:
         return
     where = f"{config.path or '<config>'}: replay"
-    space = SearchSpace.from_dict(config.space, where=f"{config.path or '<config>'}: space")
     if not space.is_finite:
         raise ConfigError(f"{where}: replaying needs a finite space (ordinal and categorical "
                           "parameters, no float ones) whose every model the study trains, e.g. "
@@ -93,16 +116,6 @@ def _check_replay(config: StudyConfig) -> None:
             raise ConfigError(f"{where}: searcher {name!r}: {exc}") from None
 
 
-def _run_options(config: StudyConfig) -> dict:
-    """The study loop's settings (the executor's are given to it in :func:`_executor`)."""
-    return dict(
-        n_trials=config.n_trials,
-        timeout=config.timeout,
-        on_failure=config.on_failure,
-        penalty=config.penalty,
-    )
-
-
 def run(config_path: str | Path | None, console: Console, scale: float | None = None) -> Path:
     """Validate the config, create the study file, run the study, report. Returns the study.
 
@@ -113,16 +126,14 @@ def run(config_path: str | Path | None, console: Console, scale: float | None = 
         config_path = DEMO_CONFIG
         console.print(f"No configuration given: running the built-in demo study ({DEMO_CONFIG.name}).")
     config = load_config(config_path, scale)
-    build = _searcher_factory(config)
-    _check_objective(config)
-    _check_replay(config)
+    study = _prepare(config, config.seed)
+    _check_replay(config, study.space)
     if config.storage.exists():
         raise ConfigError(
             f"{config.storage} already exists: continue it with `medtune resume {config.storage}` "
             "or set another study.storage"
         )
-    objective = ConfiguredObjective(config.objective, config.settings)
-    with _executor(config, objective) as executor:
+    with _executor(config, study) as executor:
         try:
             config.storage.parent.mkdir(parents=True, exist_ok=True)
             store = StudyStore.create(config.storage, name=config.name,
@@ -134,8 +145,8 @@ def run(config_path: str | Path | None, console: Console, scale: float | None = 
                 f"({exc.strerror or exc}); set study.storage to a writable path"
             ) from None
         with store:
-            summary = run_study(store, build(config.seed), objective, executor,
-                                **_run_options(config))
+            summary = run_study(store, study.searcher, study.objective, study.options,
+                                executor=executor)
     _finish(config.storage, summary, console)
     return config.storage
 
@@ -145,11 +156,11 @@ def resume(study_path: str | Path, console: Console) -> Path:
     study_path = Path(study_path)
     with StudyStore(study_path) as store:
         config = parse_config(store.config_text, f"{study_path} (stored configuration)")
-    _check_objective(config)
-    build = _searcher_factory(config)
-    objective = ConfiguredObjective(config.objective, config.settings)
-    with _executor(config, objective) as executor:
-        summary = resume_study(study_path, build, objective, executor, **_run_options(config))
+        seed = store.seed
+    study = _prepare(config, seed)
+    with _executor(config, study) as executor:
+        summary = resume_study(study_path, study.searcher, study.objective, study.options,
+                               executor=executor)
     _finish(study_path, summary, console)
     return study_path
 
@@ -197,9 +208,10 @@ def status(study_path: str | Path, console: Console) -> None:
                           f"config {verbatim(format_config(best.config))}")
 
 
-def report(study_path: str | Path, console: Console) -> Path:
-    """Write the HTML report and its plots; returns the HTML path."""
-    page = write_report(study_path)
+def report(study_path: str | Path, console: Console, replayed: StudyReplay | None = None) -> Path:
+    """Write the HTML report and its plots; returns the HTML path. ``replayed``: the study's
+    replay results when the caller computed them (see :func:`medtune.report.write_report`)."""
+    page = write_report(study_path, replayed=replayed)
     console.print(f"Report: {verbatim(page)}")
     return page
 
@@ -233,6 +245,8 @@ def compare(study_paths: list[str | Path], console: Console, out: str | Path | N
 
 
 def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
+    """Print the results of a run (best trials, their metrics, the results table), write the
+    report and print the replay results; the replay is computed once, here, for both."""
     with StudyStore(study_path) as store:
         finished = [t for t in store.trials() if t.state == TrialState.COMPLETE]
         maximize = store.direction == "maximize"
@@ -276,11 +290,11 @@ def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
         f"complete, {summary.n_pruned} pruned, {summary.n_failed} failed. Study file: "
         f"{verbatim(study_path)}"
     )
-    page = report(study_path, console)
-    with StudyStore(study_path) as store:
-        replayed = study_replay(store, page.parent)  # computed by the report just written
+    with StudyStore(study_path, read_only=True) as store:
+        replayed = study_replay(store, report_folder(study_path))
+    report(study_path, console, replayed)
     if replayed is not None:
         console.print(f"Replayed searches over the {replayed.configurations} models trained "
                       f"(of {replayed.population}), {replayed.runs} runs each: draws to reach "
-                      "each goal (seed 004 table 2.3)")
+                      "each goal (Bertrand2019 table 2.3)")
         console.print(verbatim(replayed.table), highlight=False, soft_wrap=True)

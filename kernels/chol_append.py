@@ -3,39 +3,15 @@
 Given the lower-triangular factor ``L`` of a Gram matrix K_nn = L Lᵀ (and optionally its
 inverse ``Linv`` = L⁻¹) and the blocks of k new points, K_kn = K(new, old) [k, n] and
 K_kk = K(new, new) [k, k], ``chol_append`` returns the factor of the extended matrix
-(seed 004, sec. 2.3 and appendix A, eqs. A.2 and A.3):
+(Bertrand2019, sec. 2.3 and appendix A, eqs. A.2 and A.3):
 
-    B     = K_kn L⁻ᵀ                (forward substitution, O(n²k))
-    S     = K_kk − B Bᵀ             (Schur complement, k × k)
-    L_kk  = chol(S)
-    L'    = [[L, 0], [B, L_kk]]
-    L'⁻¹  = [[L⁻¹, 0], [−L_kk⁻¹ B L⁻¹, L_kk⁻¹]]
+    B = K_kn L⁻ᵀ,   S = K_kk − B Bᵀ,   L' = [[L, 0], [B, chol(S)]]   (and L'⁻¹ likewise)
 
-Duplicates. S is positive definite only while no new point duplicates an old one (or another
-new one); for a duplicate or near-duplicate it is zero up to rounding. The remedy is jitter
-escalation: a Cholesky of S counts as failed when it fails outright or when a pivot (a diagonal
-entry of L_kk, squared) is not above the rounding floor (n + k) · eps(dtype) · scale, where
-scale is the mean diagonal of K_kk. The op first tries S as is, then S + j·I with
-j = jitter · scale · 10^(t−1) for t = 1 .. max_tries; the j used is returned as
-``jitter_added`` (0.0 when none was needed), so the factor is that of K with j added to the
-diagonal of the new points only. If every try fails a :class:`~medtune.errors.KernelError`
-says so; the op never returns NaN for finite inputs.
-
-Memory. The op proper (``medtune::chol_append_``) extends factors in place inside
-preallocated square buffers, writing only the k new rows and columns. ``chol_append`` without
-``out=`` allocates [n+k, n+k] results and copies L (and L⁻¹) into them: at n = 4,000 that copy
-costs more than the append itself, so callers that append repeatedly pass ``out=`` buffers with
-spare rows (see :func:`chol_append`).
-
-Backends: ``torch`` (``torch.linalg.solve_triangular``, BLAS/cuBLAS-backed; the choice on CUDA)
-and ``cpp`` (``medtune._C``: blocked forward substitution parallel over rows, Schur complement,
-k × k Cholesky with the escalation, the L⁻¹ update parallel over columns; the choice on the
-CPU). There is no Triton kernel: on the GPU the work is one triangular solve and one
-triangular matrix product, left to cuBLAS through torch (not yet measured on a GPU). The
-torch backend copies a factor that is a view into a larger buffer before its solve (O(n²)),
-so on the CPU only the cpp backend gets the in-place speed-up. The ground truth,
-:func:`chol_append_reference`, factorises the assembled matrix from scratch. The op is not
-differentiable (no autograd is registered; inputs requiring grad are refused).
+A new point that duplicates an old one makes S singular: the op then retries with escalating
+jitter on the diagonal of the new points only and returns the amount (``jitter_added``); it
+never returns NaN for finite inputs. Callers that append repeatedly pass ``out=`` buffers with
+spare rows, which the op extends in place. Not differentiable. The jitter schedule, memory and
+backends: docs/kernels.md.
 
 This file reads top-down: validation, reference, torch implementation, C++ launcher,
 registration, front-end.
@@ -48,9 +24,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from medtune.errors import KernelError
-from medtune.kernels.dispatch import KernelImpl, register_impl, select
-from medtune.kernels.extension import load_extension, unavailable_reason
+from medtune.kernels._common import KernelError, load_extension, register_backends, select
 
 DTYPES = (torch.float32, torch.float64)
 DEFAULT_JITTER = {torch.float64: 1e-10, torch.float32: 1e-6}
@@ -205,8 +179,9 @@ def _cpp_append_(
 
 # --- registration ----------------------------------------------------------------------------
 
-register_impl(KernelImpl("chol_append", "torch", _torch_append_, {"*": 0, "cuda": 10}))
-register_impl(KernelImpl("chol_append", "cpp", _cpp_append_, {"cpu": 10}, unavailable_reason))
+# No Triton kernel: on CUDA the torch path (cuBLAS) is the choice.
+register_backends("chol_append", torch_fn=_torch_append_, cpp_fn=_cpp_append_,
+                  torch_priority={"*": 0, "cuda": 10})
 
 
 @torch.library.custom_op("medtune::chol_append_", mutates_args=("L_buffer", "Linv_buffer"))

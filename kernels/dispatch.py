@@ -222,10 +222,9 @@ def eager_call(*tensors: torch.Tensor | None) -> bool:
 
     That is an eager call (not traced by ``torch.compile``, no ``torch.func`` transform active)
     on plain CPU or CUDA tensors or parameters. The custom op's Python dispatcher (argument
-    normalisation, redispatch, the autograd wrapper) costs 30-50 microseconds per call on a
-    2-core CPU, more than the kernel itself on a small patch; a front-end that sees ``True``
-    runs the same implementation under an ``autograd.Function`` of its own, with the same
-    forward and backward, instead.
+    normalisation, redispatch, the autograd wrapper) can cost more per call than the kernel
+    itself on a small patch; a front-end that sees ``True`` runs the same implementation under
+    an ``autograd.Function`` of its own, with the same forward and backward, instead.
     """
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return False

@@ -1,4 +1,4 @@
-"""glf_loss: the generalized overlap loss of seed 002 on top of the one-pass glf_stats kernel.
+"""glf_loss: the generalized overlap loss of Seo2021 on top of the one-pass glf_stats kernel.
 
 Every overlap loss medtune ships (Dice, Tversky, Effectiveness, GLF) is one ratio of the
 confusion sums, per sample and class,
@@ -25,17 +25,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from medtune.errors import KernelError
-from medtune.kernels.dispatch import (
-    KernelImpl,
-    eager_call,
-    eager_function,
-    register_impl,
-    select,
-    triton_priority,
-    triton_unavailable,
+from medtune.kernels._common import (
+    KernelError, eager_call, eager_function, load_extension, register_backends, select,
 )
-from medtune.kernels.extension import load_extension, unavailable_reason
 from medtune.kernels.glf_stats import (
     GLFStats,
     _bad_labels,
@@ -151,11 +143,9 @@ def _cpp_backward(pred, target, labels, activation, weights, stats, grad_loss, g
 
 _TORCH = _composed(_torch_forward, _torch_backward)
 _TRITON = _composed(_triton_forward, _triton_backward)
+_CPP = (_cpp_forward, _cpp_backward)
 for _step, _op in enumerate(("glf_loss", "glf_loss_backward")):
-    register_impl(KernelImpl(_op, "torch", _TORCH[_step], {"*": 0}))
-    register_impl(KernelImpl(_op, "cpp", (_cpp_forward, _cpp_backward)[_step], {"cpu": 10},
-                             unavailable_reason))
-    register_impl(KernelImpl(_op, "triton", _TRITON[_step], triton_priority(), triton_unavailable))
+    register_backends(_op, torch_fn=_TORCH[_step], cpp_fn=_CPP[_step], triton_fn=_TRITON[_step])
 
 
 def _forward(pred, target, labels, activation, weights, smooth_nr, smooth_dr, batch):

@@ -21,23 +21,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from medtune.errors import KernelError
-from medtune.kernels.dispatch import (
-    KernelImpl,
-    eager_call,
-    eager_function,
-    register_impl,
-    select,
-    triton_priority,
-    triton_unavailable,
+from medtune.kernels._common import (
+    KernelError, eager_call, eager_function, load_extension, register_backends, select, tl, triton,
 )
-from medtune.kernels.extension import load_extension, unavailable_reason
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # Triton is optional: the extra ``medtune[triton]``
-    triton = None
 
 ACTIVATIONS = {"none": 0, "sigmoid": 1, "softmax": 2}
 LABEL_DTYPES = (torch.uint8, torch.int32, torch.int64)
@@ -328,9 +314,7 @@ for _op, _torch_fn, _cpp_fn, _triton_fn in (
     ("glf_stats", _torch_forward, _cpp_forward, _triton_forward),
     ("glf_stats_backward", _torch_backward, _cpp_backward, _triton_backward),
 ):
-    register_impl(KernelImpl(_op, "torch", _torch_fn, {"*": 0}))
-    register_impl(KernelImpl(_op, "cpp", _cpp_fn, {"cpu": 10}, unavailable_reason))
-    register_impl(KernelImpl(_op, "triton", _triton_fn, triton_priority(), triton_unavailable))
+    register_backends(_op, torch_fn=_torch_fn, cpp_fn=_cpp_fn, triton_fn=_triton_fn)
 
 
 def _forward(pred: Tensor, target: Tensor, labels: bool, activation: int) -> Tensor:

@@ -17,10 +17,8 @@ and an acquisition score, higher is better. By default the objective is minimise
     ucb = -mean + sqrt(beta) · σ       (mean + sqrt(beta) · σ when maximising; BoTorch's beta)
     none: the score is all zeros (only the posterior is wanted).
 
-The compiled backends do this in one fused pass per block of candidates: the kernel row, the
-mean, ``v = Linv k*`` and its norm and the score, never materialising the candidates ×
-observations matrix. No autograd yet: the outputs do not carry gradients (gradient refinement
-of candidates in continuous spaces is a later step).
+The compiled backends do this in one fused pass per block of candidates, never materialising
+the candidates × observations matrix. The outputs carry no gradients.
 
 This file reads top-down: reference, Triton kernel, launcher, registration.
 """
@@ -33,21 +31,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from medtune.errors import KernelError
-from medtune.kernels.dispatch import (
-    KernelImpl,
-    register_impl,
-    select,
-    triton_priority,
-    triton_unavailable,
+from medtune.kernels._common import (
+    KernelError, load_extension, register_backends, select, tl, triton,
 )
-from medtune.kernels.extension import load_extension, unavailable_reason
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # Triton is optional: the extra ``medtune[triton]``
-    triton = None
 
 KERNELS = {"matern52": 0, "rbf": 1}
 ACQUISITIONS = {"none": 0, "ei": 1, "pi": 2, "ucb": 3}
@@ -346,10 +332,8 @@ def _cpp_forward(candidates: Tensor, train_x: Tensor, linv: Tensor, alpha: Tenso
 # --- registration ----------------------------------------------------------------------------
 
 
-register_impl(KernelImpl("gp_acquisition", "torch", _torch_forward, {"*": 0}))
-register_impl(KernelImpl("gp_acquisition", "cpp", _cpp_forward, {"cpu": 10}, unavailable_reason))
-register_impl(KernelImpl("gp_acquisition", "triton", _triton_forward, triton_priority(),
-                         triton_unavailable))
+register_backends("gp_acquisition", torch_fn=_torch_forward, cpp_fn=_cpp_forward,
+                  triton_fn=_triton_forward)
 
 
 @torch.library.custom_op("medtune::gp_acquisition", mutates_args=())

@@ -1,25 +1,14 @@
 """supernet_conv: one convolution of a weight-shared super-net, for sub-paths chosen per sample.
 
-An elastic super-net (OFA-like, seed 001 ch. 5) keeps one shared weight per layer
+An elastic super-net (OFA-like, Pourchot2022, ch. 5) keeps one shared weight per layer
 [C_out_max, C_in_max, K_max, K_max] (depthwise: [C_max, 1, K_max, K_max]). A sub-path uses the
 first ``in_channels`` input channels, the first ``out_channels`` filters and the centre
-``kernel x kernel`` crop of each (elastic width = first channels, elastic kernel = centre crop).
-``supernet_conv(input, weight, bias, segments, stride, depthwise)`` runs, in one call, a
-different sub-path for each of several consecutive slices of the batch (``segments``), reading
-the crop and the prefix as views of the shared weight: the shared weight is never copied or
-modified. The C++ backend runs each segment as one ATen (oneDNN) convolution on its view, from
-C++ (no Python per segment); the Triton kernels address the crop and prefix through the weight's
-strides. Padding is "same" (``kernel // 2``), so every sub-path gives the same output size;
-output channels beyond a segment's ``out_channels`` are zero. The input may be contiguous or
-channels-last; the output follows its layout (channels-last lets oneDNN skip layout reorders on
-the CPU).
-
-OFA's kernel transformation matrices (a 5x5 kernel is the centre crop of the 7x7 kernel times
-a learned 25x25 matrix, a 3x3 kernel the crop of the transformed 5x5 times a 9x9 matrix) are
-not part of the op: the front-end (``medtune.plugins.nas.elastic``) applies them as a
-differentiable matmul on the small per-channel kernels of a [C, k*k] tensor and passes the
-transformed [C, 1, k, k] kernel as the op's weight (whose channel prefix the op then reads in
-place). The op itself only does crop + prefix.
+``kernel x kernel`` crop of each. ``supernet_conv(input, weight, bias, segments, stride,
+depthwise)`` runs, in one call, a different sub-path for each of several consecutive slices of
+the batch (``segments``), reading the crop and the prefix as views of the shared weight, which
+is never copied or modified. Padding is "same" (``kernel // 2``), so every sub-path gives the
+same output size; output channels beyond a segment's ``out_channels`` are zero. OFA's kernel
+transformation matrices are applied by the front-end, not the op (docs/kernels.md).
 
 Gradients: with respect to the input (zero beyond the channels a segment reads), the weight
 (the full shared shape, zero outside every used sub-path, summed over segments) and the bias.
@@ -37,23 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medtune.errors import KernelError
-from medtune.kernels.dispatch import (
-    KernelImpl,
-    eager_call,
-    eager_function,
-    register_impl,
-    select,
-    triton_priority,
-    triton_unavailable,
+from medtune.kernels._common import (
+    KernelError, eager_call, eager_function, load_extension, register_backends, select, tl, triton,
 )
-from medtune.kernels.extension import load_extension, unavailable_reason
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # Triton is optional: the extra ``medtune[triton]``
-    triton = None
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 FIELDS = ("batch_start", "batch_end", "kernel_size", "in_channels", "out_channels")
@@ -454,9 +429,7 @@ for _op, _torch_fn, _cpp_fn, _triton_fn in (
     ("supernet_conv", _torch_forward, _cpp_forward, _triton_forward),
     ("supernet_conv_backward", _torch_backward, _cpp_backward, _triton_backward),
 ):
-    register_impl(KernelImpl(_op, "torch", _torch_fn, {"*": 0}))
-    register_impl(KernelImpl(_op, "cpp", _cpp_fn, {"cpu": 10}, unavailable_reason))
-    register_impl(KernelImpl(_op, "triton", _triton_fn, triton_priority(), triton_unavailable))
+    register_backends(_op, torch_fn=_torch_fn, cpp_fn=_cpp_fn, triton_fn=_triton_fn)
 
 
 def _forward(input: Tensor, weight: Tensor, bias: Tensor | None, segments: list[int],

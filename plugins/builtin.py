@@ -36,6 +36,15 @@ def medtune_searchers() -> Mapping[str, Callable[..., Any]]:
 
 
 @hookimpl
+def medtune_tasks() -> Mapping[str, Callable[..., Any]]:
+    """The built-in tasks: segmentation, transfer, template, quality, regions, nas and
+    regression."""
+    from medtune.plugins.tasks import TASKS
+
+    return dict(TASKS)
+
+
+@hookimpl
 def medtune_metrics() -> Mapping[str, Callable[..., Any]]:
     """The built-in metrics: dice, iou, precision, recall, accuracy, surface_dice, hausdorff95,
     boundary_f1, mae, rmse, pearson, spearman and aufroc."""
@@ -62,7 +71,7 @@ def medtune_deformations() -> Mapping[str, Callable[..., Any]]:
 
 @hookimpl
 def medtune_quality_estimators() -> Mapping[str, Callable[..., Any]]:
-    """The built-in quality estimator: dqe, the deep quality estimation regressor of seed 000."""
+    """The built-in quality estimator: dqe, the deep quality estimation regressor of Kofler2022."""
     from medtune.plugins.quality import QUALITY_ESTIMATORS
 
     return dict(QUALITY_ESTIMATORS)

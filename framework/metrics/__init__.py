@@ -5,7 +5,7 @@
   each region of a label map.
 - Boundaries in mm (:mod:`~medtune.metrics.surface`, on MONAI): :func:`surface_dice`,
   :func:`hausdorff95`, :func:`boundary_f1`, :func:`boundary_distances`.
-- Lesion detection (:mod:`~medtune.metrics.detection`, seed 001): :class:`DetectionCase`,
+- Lesion detection (:mod:`~medtune.metrics.detection`, Pourchot2022): :class:`DetectionCase`,
   :func:`patient_sensitivity`, :func:`patient_specificity`, :func:`lesion_sensitivity`,
   :func:`false_positives_per_patient`, :func:`froc_curve`, :func:`aufroc`, :func:`box_iou`.
 - Statistics (:mod:`~medtune.metrics.statistics`, on scipy): :func:`mean_absolute_error`,

@@ -1,32 +1,14 @@
-"""Lesion-level detection metrics of seed 001 (ch. 2.3.3): patient-wise, lesion-wise and FROC.
+"""Lesion-level detection metrics of Pourchot2022 (ch. 2.3.3): patient-wise, lesion-wise and FROC.
 
 A :class:`DetectionCase` is one patient (or one image: whatever unit the false positives are
-counted per): the confidence score of each detection (marker, box or blob) and which
-ground-truth lesions each detection hits. Build it from points that must fall inside a lesion
-region (:meth:`DetectionCase.from_points`, readers' markers) or from boxes that must overlap a
-lesion box with IoU above 0.5 (:meth:`DetectionCase.from_boxes`, the model's boxes).
-
-Definitions (seed 001, eqs. 2.2 and 2.3), at a score threshold (detections with
-``score >= threshold`` are kept; ``threshold=None`` keeps all, as for a reader's markers):
-
-- a lesion is detected when at least one kept detection hits it; a kept detection that hits no
-  lesion is a (marker-wise) false positive;
-- a patient with lesions is a patient-wise true positive when *all* its lesions are detected;
-  a patient without lesions is a true negative when no detection is kept;
-- patient-wise sensitivity = TP / (patients with lesions); specificity = TN / (patients
-  without lesions);
-- lesion-wise sensitivity = the mean over patients with lesions of the share of their lesions
-  detected (``average="patient"``, eq. 2.3), or the share of all lesions detected
-  (``average="lesion"``);
-- false positives per patient = false-positive detections / number of patients (all cases).
-
-The FROC curve plots lesion-wise sensitivity against false positives per patient as the
-threshold falls through every distinct score, starting at (0, 0) (nothing kept).
-:func:`aufroc` integrates it over a false-positive range (default 0.02-0.5, seed 001 ch. 5):
-the curve is the polyline through the operating points (linear interpolation between
-consecutive thresholds, what randomly mixing the two thresholds would achieve), held constant
-at its last sensitivity beyond the largest false-positive rate reached, and integrated exactly
-(trapezoids) between the range's ends.
+counted per): the confidence score of each detection and which ground-truth lesions it hits,
+built from points that must fall inside a lesion region (:meth:`DetectionCase.from_points`) or
+from boxes that must overlap a lesion box with IoU above 0.5 (:meth:`DetectionCase.from_boxes`).
+At a score threshold: patient-wise sensitivity and specificity (a patient counts as detected
+only when all its lesions are), lesion-wise sensitivity and false positives per patient
+(Pourchot2022, eqs. 2.2 and 2.3). The FROC curve and :func:`aufroc`, its exact integral over a
+false-positive range (default 0.02-0.5, Pourchot2022 ch. 5). The definitions in full:
+docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -103,7 +85,7 @@ class DetectionCase:
                    iou_threshold: float = 0.5) -> DetectionCase:
         """Detections given as boxes that hit a lesion box when their IoU exceeds the threshold.
 
-        Boxes are ``(min_0, ..., min_d, max_0, ..., max_d)`` in any units (seed 001: IoU > 0.5).
+        Boxes are ``(min_0, ..., min_d, max_0, ..., max_d)`` in any units (Pourchot2022: IoU > 0.5).
         """
         return cls(scores, box_iou(boxes, lesion_boxes) > iou_threshold)
 
@@ -195,7 +177,7 @@ def _lesion_weights(cases: list[DetectionCase], average: Average) -> list[float]
 
 def lesion_sensitivity(cases: Sequence[DetectionCase], threshold: float | None = None, *,
                        average: Average = "patient") -> float:
-    """Lesion-wise (fracture-wise) sensitivity SE_fw (seed 001, eq. 2.3) at a threshold."""
+    """Lesion-wise (fracture-wise) sensitivity SE_fw (Pourchot2022, eq. 2.3) at a threshold."""
     chosen = _cases(cases)
     level = _level(threshold)
     weights = _lesion_weights(chosen, average)
@@ -205,7 +187,7 @@ def lesion_sensitivity(cases: Sequence[DetectionCase], threshold: float | None =
 
 def false_positives_per_patient(cases: Sequence[DetectionCase],
                                 threshold: float | None = None) -> float:
-    """FPP_pw: kept detections hitting no lesion, averaged over all cases (seed 001, eq. 2.3)."""
+    """FPP_pw: kept detections hitting no lesion, per case over all cases (Pourchot2022, eq. 2.3)."""
     chosen = _cases(cases)
     level = _level(threshold)
     return sum(int(np.count_nonzero(_false_positive_scores(case) >= level))

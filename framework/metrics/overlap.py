@@ -73,7 +73,7 @@ def accuracy(prediction: Any, target: Any) -> float:
 
 def per_class_accuracy(prediction: Any, target: Any,
                        labels: Iterable[int] | None = None) -> dict[int, float]:
-    """Class accuracy of each label of a label map (seed 003, after Csurka et al. 2013).
+    """Class accuracy of each label of a label map (Rukundo2021, after Csurka et al. 2013).
 
     The class accuracy of label ``c`` is the fraction of the voxels of class ``c`` in the target
     that the prediction labels ``c`` (the per-class recall; MATLAB's ``Accuracy`` class metric).

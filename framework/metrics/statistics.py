@@ -1,8 +1,8 @@
 """Regression errors, correlations, effect sizes, t-tests and bootstrap intervals.
 
-MAE, RMSE and Pearson r score a quality regressor against ratings (seed 000); Spearman ρ and
-Cohen's d compare rankings and groups (seed 001, ch. 4.3); t-tests and bootstrap confidence
-intervals report differences (seed 001, table 2.1). ``scipy.stats`` does the heavy lifting
+MAE, RMSE and Pearson r score a quality regressor against ratings (Kofler2022); Spearman ρ and
+Cohen's d compare rankings and groups (Pourchot2022, ch. 4.3); t-tests and bootstrap confidence
+intervals report differences (Pourchot2022, table 2.1). ``scipy.stats`` does the heavy lifting
 (``pearsonr``, ``spearmanr``, ``ttest_ind``, ``ttest_rel``, ``norm``); this module adds the
 intervals and the checks.
 
@@ -139,7 +139,7 @@ def t_test(first: Any, second: Any, *, equal_variance: bool = False, paired: boo
            alternative: Alternative = "two-sided") -> TTestResult:
     """Welch's (default), Student's (``equal_variance=True``) or the paired t-test (scipy).
 
-    ``alternative="greater"`` tests ``mean(first) > mean(second)`` (seed 001 reports
+    ``alternative="greater"`` tests ``mean(first) > mean(second)`` (Pourchot2022 reports
     one-sided tests).
     """
     a = _vector(first, "first", minimum=2)

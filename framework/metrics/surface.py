@@ -9,7 +9,7 @@ All three are spacing-aware (2D or 3D; ``spacing`` is the voxel size along each 
 - :func:`hausdorff95` calls MONAI's ``compute_hausdorff_distance`` with ``percentile=95``: the
   larger of the two directed 95th-percentile boundary distances.
 - :func:`boundary_f1` is written here (MONAI has no BF score) on MONAI's ``get_mask_edges`` and
-  ``get_surface_distance``: the BF score of Csurka et al. (2013) that seed 003 reports per
+  ``get_surface_distance``: the BF score of Csurka et al. (2013) that Rukundo2021 reports per
   region, the harmonic mean of boundary precision and boundary recall at a tolerance.
 
 Empty masks: surface Dice and boundary F1 are 1.0 when both masks are empty and 0.0 when only
@@ -121,13 +121,13 @@ def hausdorff95(prediction: Any, target: Any, *, label: int | None = None,
 
 def boundary_f1(prediction: Any, target: Any, *, tolerance: float | None = None,
                 label: int | None = None, spacing: Spacing = None) -> float:
-    """Boundary F1 (BF score) of Csurka et al. (2013), the region score of seed 003.
+    """Boundary F1 (BF score) of Csurka et al. (2013), the region score of Rukundo2021.
 
     Boundary precision is the share of prediction boundary voxels within ``tolerance`` mm of
     the target boundary, boundary recall the share of target boundary voxels within
     ``tolerance`` mm of the prediction boundary; BF = 2PR / (P + R) (0.0 when both are 0).
     ``tolerance`` defaults to 0.75 % of the image diagonal in mm, as in the paper and MATLAB's
-    ``bfscore``. 1.0 if both masks are empty, 0.0 if exactly one is. Seed 003's "mean BF score"
+    ``bfscore``. 1.0 if both masks are empty, 0.0 if exactly one is. Rukundo2021's "mean BF score"
     is the mean of this value over images, per region (see :func:`per_label`).
     """
     predicted, truth, voxel = _prepare(prediction, target, label, spacing)

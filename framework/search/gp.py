@@ -1,4 +1,4 @@
-"""The Gaussian-process surrogate of Bayesian optimisation (seed 004, sec. 2.2, 2.3, app. A).
+"""The Gaussian-process surrogate of Bayesian optimisation (Bertrand2019, sec. 2.2, 2.3, app. A).
 
 Three pieces, used by the ``bayes`` and ``bohb`` searchers and by study reports:
 

@@ -1,4 +1,4 @@
-"""Simulated searches over a tabulated objective (seed 004, sec. 2.4.3; table 2.3).
+"""Simulated searches over a tabulated objective (Bertrand2019, sec. 2.4.3; table 2.3).
 
 Training every model of a finite space once and recording its value makes it cheap to run a
 searcher hundreds of times with different seeds: each run asks, looks the value up instead of
@@ -11,7 +11,7 @@ the hit included) needed to reach each goal:
 
 and reports mean ± std and worst over the runs, as table 2.3 does, next to the theory of
 uniform random search without replacement (:mod:`medtune.search.theory`). It also averages
-the regret of seed 001 eq. 4.1 after each draw: the gap between the best value of the space
+the regret of Pourchot2022 eq. 4.1 after each draw: the gap between the best value of the space
 and the value of the best configuration found so far, measured on held-out ``test`` values
 when the table has them (the search itself only sees the ``value``).
 
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from medtune.errors import MedtuneError
+from medtune.search.searcher import DIRECTIONS, to_score
 from medtune.search.space import Categorical, Ordinal, SearchSpace, SearchSpaceError
 from medtune.search.theory import acceptable_count, expected_draws, std_draws
 
@@ -61,7 +62,7 @@ class Goal:
         return f"Within {percent}" if self.kind == "within" else f"Top {percent}"
 
 
-#: The rows of seed 004's table 2.3.
+#: The rows of Bertrand2019's table 2.3.
 TABLE_2_3_GOALS: tuple[Goal, ...] = (
     Goal("best"),
     Goal("within", 0.01),
@@ -99,8 +100,9 @@ class TabulatedObjective:
         test: Mapping[str, float | None] | None = None,
         missing: str = "error",
     ) -> None:
-        if direction not in ("minimize", "maximize"):
-            raise ReplayError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
+        if direction not in DIRECTIONS:
+            raise ReplayError(f"direction must be one of {', '.join(DIRECTIONS)}, got "
+                              f"{direction!r}")
         if missing not in ("error", "fail"):
             raise ReplayError(
                 f"missing must be 'error' (a configuration outside the table is an error) or "
@@ -111,10 +113,10 @@ class TabulatedObjective:
         self.space = space
         self.direction = direction
         self.missing = missing
-        sign = 1.0 if direction == "minimize" else -1.0
         self._scores: dict[str, float | None] = {}
         for key, value in values.items():
-            self._scores[key] = None if value is None or math.isnan(value) else sign * float(value)
+            self._scores[key] = (None if value is None or math.isnan(value)
+                                 else to_score(float(value), direction))
         valid = np.array([s for s in self._scores.values() if s is not None], dtype=np.float64)
         if valid.size == 0:
             raise ReplayError("the table holds no valid value")
@@ -122,7 +124,7 @@ class TabulatedObjective:
         self._test: dict[str, float | None] | None = None
         if test is not None:
             self._test = {
-                key: None if v is None or math.isnan(v) else sign * float(v)
+                key: None if v is None or math.isnan(v) else to_score(float(v), direction)
                 for key, v in test.items()
             }
 
@@ -240,7 +242,7 @@ class TabulatedObjective:
         score = self.score(config)
         if score is None:
             return None
-        return score if self.direction == "minimize" else -score
+        return to_score(score, self.direction)
 
     def threshold(self, goal: Goal) -> float:
         """The largest score that reaches ``goal``."""
@@ -335,7 +337,7 @@ class ReplayReport:
     summaries: list[GoalSummary]
     #: per goal label, the draws of each run (NaN where the goal was not reached)
     draws: dict[str, np.ndarray] = field(repr=False)
-    #: mean regret (seed 001 eq. 4.1) after each draw, in value units; a run that ended keeps
+    #: mean regret (Pourchot2022 eq. 4.1) after each draw, in value units; a run that ended keeps
     #: its last regret (NaN until some run has a valid result)
     mean_regret: np.ndarray = field(repr=False)
 
@@ -352,7 +354,7 @@ class ReplayReport:
 
 
 def format_table(reports: Sequence[ReplayReport], theory: bool = True) -> str:
-    """Reports side by side, shaped like seed 004's table 2.3 ("Average", "Worst" per
+    """Reports side by side, shaped like Bertrand2019's table 2.3 ("Average", "Worst" per
     searcher), with the random-search theory in a last column when ``theory``."""
     if not reports:
         raise ReplayError("format_table needs at least one report")
@@ -431,7 +433,7 @@ def replay(
             if score is None:
                 instance.tell(suggestion, None, failed=True)
             else:
-                instance.tell(suggestion, score if objective.direction == "minimize" else -score)
+                instance.tell(suggestion, to_score(score, objective.direction))  # its value
                 newly = ~reached & (score <= thresholds)
                 draws[run, newly] = count
                 reached |= newly

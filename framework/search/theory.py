@@ -1,4 +1,4 @@
-"""Random-search theory (seed 004, sec. 2.4.1): how many draws to hit one of the best models.
+"""Random-search theory (Bertrand2019, sec. 2.4.1): how many draws to hit one of the best models.
 
 A space holds ``total`` (N) configurations, ``acceptable`` (M) of which satisfy the goal (the
 best M, or the top alpha %). Random search draws uniformly *without replacement*; with
@@ -11,11 +11,11 @@ best M, or the top alpha %). Random search draws uniformly *without replacement*
 - eq. 2.22, :func:`prob_acceptable_within`: P(X <= n) = sum_{k=0}^{n-1} P(X = k)
   = 1 - P(Y = n), the probability that one of the first n draws is acceptable;
 - :func:`draws_needed`: the smallest n with P(X <= n) > p, which :func:`table_2_2` tabulates
-  for the seed's table 2.2 (N = 100 000).
+  for Bertrand2019's table 2.2 (N = 100 000).
 
 :func:`expected_draws` and :func:`std_draws` give the mean and standard deviation of the
 number of draws up to and including the first acceptable one, (N + 1) / (M + 1) without
-replacement: 300.5 for the best of the seed's 600 models (sec. 2.4.3 quotes "300").
+replacement: 300.5 for the best of Bertrand2019's 600 models (sec. 2.4.3 quotes "300").
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 from medtune.errors import MedtuneError
 
-#: Seed 004, table 2.2: draws needed to have drawn a model in the top alpha % with probability
+#: Bertrand2019, table 2.2: draws needed to have drawn a model in the top alpha % with probability
 #: greater than p, in a space of 100 000 combinations; ``{alpha: {p: draws}}``.
 TABLE_2_2_PRINTED: dict[float, dict[float, int]] = {
     0.01: {0.5: 69, 0.95: 298, 0.99: 458},
@@ -171,7 +171,7 @@ def table_2_2(
     probabilities: tuple[float, ...] = (0.5, 0.95, 0.99),
     replacement: bool = False,
 ) -> dict[float, dict[float, int]]:
-    """Seed 004, table 2.2: ``{fraction: {p: draws}}``, the draws needed to have drawn a
+    """Bertrand2019, table 2.2: ``{fraction: {p: draws}}``, the draws needed to have drawn a
     configuration in the top ``fraction`` with probability greater than ``p``.
 
     The defaults reproduce the printed table (:data:`TABLE_2_2_PRINTED`) exactly.

@@ -1,8 +1,14 @@
 """Studies: the SQLite study store, the executors that run trials, and the study loop.
 
-A study is one SQLite file (:class:`StudyStore`); :func:`run_study` drives a searcher and an
-objective over it with an executor (``inline``, ``process`` or ``ray``), and
+A study is one SQLite file (:class:`StudyStore`); :func:`run_study` drives a searcher
+(:class:`medtune.search.Searcher`) and an objective over it with an executor (``inline``,
+``process`` or ``ray``: :data:`EXECUTORS`), as one :class:`RunOptions` says, and
 :func:`resume_study` continues it after the driver stopped or was killed.
+
+Modules: :mod:`.store` (the trials of a study file), on top of :mod:`.database` (the file:
+transactions, checkpoints, upgrades, backups, the driver lock), :mod:`.schema` (its tables),
+:mod:`.records` (trials and metadata as Python values) and :mod:`.files` (new files linked
+into place); :mod:`.executors` (where trials run); :mod:`.runner` (the study loop).
 """
 
 from medtune.study.executors import (
@@ -17,14 +23,17 @@ from medtune.study.executors import (
     TrialResult,
     TrialTask,
     TrialTimeout,
+    check_executor,
+    executor_class,
     make_executor,
     run_trial,
 )
 from medtune.study.runner import (
-    FAILURE_POLICIES,
+    RunOptions,
     StudyInterrupted,
     StudyRunError,
     StudySummary,
+    outcome,
     replay,
     resume_study,
     run_study,
@@ -47,7 +56,6 @@ from medtune.study.store import (
 
 __all__ = [
     "EXECUTORS",
-    "FAILURE_POLICIES",
     "SCHEMA_VERSION",
     "DamagedTrialError",
     "Execution",
@@ -59,6 +67,7 @@ __all__ = [
     "Objective",
     "ProcessExecutor",
     "RayExecutor",
+    "RunOptions",
     "StudyInfo",
     "StudyInterrupted",
     "StudyLockedError",
@@ -72,8 +81,11 @@ __all__ = [
     "TrialState",
     "TrialTask",
     "TrialTimeout",
+    "check_executor",
     "driver_lock",
+    "executor_class",
     "make_executor",
+    "outcome",
     "replay",
     "resume_study",
     "run_study",

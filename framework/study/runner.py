@@ -6,21 +6,23 @@ of the study file. Every result is committed before the searcher hears of it, so
 driver loses nothing but the trials it had in flight; :func:`resume_study` marks those
 REQUEUED and runs their configurations again as new trials.
 
-How a run stops: after ``n_trials`` finished trials, when ``timeout`` seconds have passed (no
-new trial starts; those in flight finish), or when the searcher has nothing more to propose. A
-trial that runs past ``trial_timeout`` is stopped by its executor and recorded FAIL (reason
-``timeout``); the run goes on. Ctrl-C (``KeyboardInterrupt``) stops the run at once: the
-trials in flight are stopped and recorded REQUEUED with reason ``interrupted``, and
-:class:`StudyInterrupted` is raised; :func:`resume_study` runs their configurations again.
+How a run goes is one :class:`RunOptions`: it stops after ``n_trials`` finished trials, when
+``timeout`` seconds have passed (no new trial starts; those in flight finish), or when the
+searcher has nothing more to propose. A trial that runs past ``trial_timeout`` is stopped by
+its executor and recorded FAIL (reason ``timeout``); the run goes on. Ctrl-C
+(``KeyboardInterrupt``) stops the run at once: the trials in flight are stopped and recorded
+REQUEUED with reason ``interrupted``, and :class:`StudyInterrupted` is raised;
+:func:`resume_study` runs their configurations again.
+
+The searcher hears each outcome as it is (:func:`outcome`: the objective's value, or a
+failure); its direction and failure policy decide what that counts as
+(:class:`medtune.search.Searcher`), so it must be built with the study's direction.
 
 Resuming relies on searchers being deterministic given their seed and the order of their
 ``ask``/``tell`` calls: the searcher is rebuilt from the study's seed, the stored proposals and
-results are replayed to it in their original interleaving (each trial records how many results
+outcomes are replayed to it in their original interleaving (each trial records how many results
 had been recorded when it was proposed), and the study continues. Every replayed proposal is
 checked against the stored one.
-
-Searchers minimise. For a ``maximize`` study the runner tells them ``-value``; the store keeps
-the values as the objective returned them, and what the searcher was told.
 """
 
 from __future__ import annotations
@@ -35,9 +37,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from rich.progress import (
@@ -50,10 +52,16 @@ from rich.progress import (
 )
 
 from medtune.errors import MedtuneError
-from medtune.study.executors import Executor, Objective, TrialResult, TrialTask, make_executor
+from medtune.search.searcher import Searcher, Suggestion, to_score
+from medtune.study.executors import (
+    Executor,
+    Objective,
+    TrialResult,
+    TrialTask,
+    check_executor,
+    make_executor,
+)
 from medtune.study.store import StudyStore, Trial, TrialState, driver_lock
-
-FAILURE_POLICIES = ("exclude", "penalize")
 
 #: How long the driver waits for a result before refreshing the progress bar (seconds).
 _POLL_INTERVAL = 1.0
@@ -81,26 +89,62 @@ class StudyInterrupted(KeyboardInterrupt):
         self.trial_ids = trial_ids
 
 
-class Suggestion(Protocol):
-    """A configuration proposed by a searcher (see ``medtune.search``)."""
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run of a study goes: when it stops, where its trials run, what it shows.
 
-    id: int
-    config: Mapping[str, Any]
-    resource: float | None
-    tag: Mapping[str, Any]
+    Attributes:
+        n_trials: finished trials (COMPLETE, PRUNED or FAIL) the study should end with,
+            earlier runs included; None: no limit.
+        timeout: seconds after which no new trial starts (trials in flight still finish);
+            None: no limit.
+        executor: where trials run, a name of :data:`~medtune.study.executors.EXECUTORS`
+            (``"inline"``, ``"process"``, ``"ray"``).
+        n_workers: trials in flight at once.
+        trial_timeout: seconds one trial may run before it is stopped and recorded FAIL
+            (reason ``timeout``); None for the limit the objective declares (its
+            ``trial_timeout`` attribute, if any), 0 for no limit.
+        executor_options: further options of the executor (for ``ray``: ``address`` and so
+            on).
+        import_path: folders where a ``"module:function"`` objective is looked for after the
+            installed packages and PYTHONPATH, in the driver and in the workers.
+        progress: show a progress bar (trials done of ``n_trials`` or of the searcher's
+            ``planned_trials``, best value, ETA).
 
+    Raises :class:`~medtune.study.executors.ExecutorError` for executor settings the executor
+    refuses (checked here, before anything runs) and ``ValueError`` for the others.
+    """
 
-class Searcher(Protocol):
-    """The ask/tell interface the runner drives. A searcher that knows in advance how many
-    suggestions it will make may say so in a ``planned_trials`` property (None when unknown);
-    the progress bar then shows that total and an ETA."""
+    n_trials: int | None = None
+    timeout: float | None = None
+    executor: str = "inline"
+    n_workers: int = 1
+    trial_timeout: float | None = None
+    executor_options: Mapping[str, Any] = field(default_factory=dict)
+    import_path: tuple[str, ...] = ()
+    progress: bool = True
 
-    @property
-    def finished(self) -> bool: ...
+    def __post_init__(self) -> None:
+        if self.n_trials is not None and (isinstance(self.n_trials, bool)
+                                          or not isinstance(self.n_trials, int)
+                                          or self.n_trials < 0):
+            raise ValueError(f"n_trials must be an integer >= 0 or None, got {self.n_trials!r}")
+        if self.timeout is not None and (isinstance(self.timeout, bool)
+                                         or not isinstance(self.timeout, (int, float))
+                                         or not self.timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds or None, got "
+                             f"{self.timeout!r}")
+        check_executor(self.executor, self.n_workers, self.trial_timeout, self.executor_options)
+        object.__setattr__(self, "executor_options", dict(self.executor_options))
+        object.__setattr__(self, "import_path", tuple(self.import_path))
 
-    def ask(self) -> Suggestion | None: ...
-
-    def tell(self, suggestion: Suggestion, value: float | None, failed: bool = False) -> None: ...
+    def make_executor(self, objective: str | Objective) -> Executor:
+        """The executor these options describe, built for ``objective``. A Ray executor
+        connects to its cluster here: build it before writing anything that an unreachable
+        cluster should not leave behind, and pass it to :func:`run_study`."""
+        return make_executor(self.executor, objective, self.n_workers,
+                             trial_timeout=self.trial_timeout, import_path=self.import_path,
+                             **self.executor_options)
 
 
 @dataclass(frozen=True)
@@ -123,49 +167,39 @@ def trial_seed(study_seed: int, suggestion_id: int) -> int:
     return int(np.random.SeedSequence([study_seed, suggestion_id]).generate_state(1)[0])
 
 
+def outcome(state: TrialState, value: float | None) -> tuple[float | None, bool]:
+    """What a searcher is told about a finished trial: ``(value, failed)``. A FAIL trial, and a
+    PRUNED one stopped before it reported a finite value, is a failure (value None); the
+    searcher's failure policy decides what it counts as. The same in a run and in a replay."""
+    if state is TrialState.FAIL or value is None or not math.isfinite(value):
+        return None, True
+    return value, False
+
+
 def run_study(
     store: StudyStore,
     searcher: Searcher,
     objective: str | Objective,
-    executor: str | Executor = "inline",
+    options: RunOptions = RunOptions(),
     *,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    trial_timeout: float | None = None,
-    n_workers: int = 1,
-    on_failure: str = "exclude",
-    penalty: float | None = None,
-    progress: bool = True,
-    executor_options: Mapping[str, Any] | None = None,
+    executor: Executor | None = None,
 ) -> StudySummary:
-    """Run a new study until ``n_trials`` trials have finished, ``timeout`` seconds have
-    passed, or the searcher has nothing more to propose.
+    """Run a new study until ``options.n_trials`` trials have finished, ``options.timeout``
+    seconds have passed, or the searcher has nothing more to propose.
 
     Args:
         store: a study without trials (continue one with :func:`resume_study`).
-        searcher: built with ``store.seed``, so the study can be resumed.
+        searcher: a fresh :class:`~medtune.search.Searcher` built with the study's direction
+            and, so that the study can be resumed, with ``store.seed``.
         objective: ``objective(config, resource, seed, report) -> float`` or its
             ``"module:function"`` name (see :mod:`medtune.study.executors`).
-        executor: ``"inline"``, ``"process"`` or ``"ray"``, built here with ``n_workers``,
-            ``trial_timeout`` and ``executor_options``; or an executor already built for
-            ``objective`` (:func:`~medtune.study.executors.make_executor`: a Ray executor
-            connects when built), which then has those settings; the run closes it.
-        n_trials: finished trials (COMPLETE, PRUNED or FAIL) the study should end with.
-        timeout: seconds after which no new trial starts; trials in flight still finish.
-        trial_timeout: seconds one trial may run before it is stopped and recorded FAIL
-            (reason ``timeout``); None for the limit the objective declares (its
-            ``trial_timeout`` attribute, if any), 0 for no limit.
-        n_workers: trials in flight at once (``process``/``ray``).
-        on_failure: what the searcher is told about a failed trial: ``"exclude"`` tells it the
-            trial failed (searchers leave the region out), ``"penalize"`` tells it a bad value,
-            ``penalty`` or, without one, the worst value seen so far. Seed 004 sec. 2.6.3:
-            excluding lets the search retry similar configurations; penalising with an
-            arbitrary value misleads a smooth surrogate.
-        progress: show a progress bar (trials done of ``n_trials`` or of the searcher's
-            ``planned_trials``, best value, ETA).
-        executor_options: options for the executor (for ``ray``: ``address`` and so on).
+        options: how the run goes (:class:`RunOptions`).
+        executor: the executor ``options.make_executor(objective)`` built, when it must exist
+            before the study does (a Ray executor connects when built); None to build it
+            here. The run closes it.
 
-    Raises :class:`StudyInterrupted` on Ctrl-C (see the module docstring).
+    Raises :class:`StudyRunError` for a study that has trials or a searcher that does not fit
+    it, and :class:`StudyInterrupted` on Ctrl-C (see the module docstring).
     """
     with driver_lock(store.path):
         existing = store.count(TrialState)
@@ -174,52 +208,73 @@ def run_study(
                 f"{store.path} already has {existing} trials: continue it with resume_study "
                 "(`medtune resume`), or start a new study file"
             )
-        driver = _Driver(store, searcher, objective, executor, n_trials, timeout, trial_timeout,
-                         n_workers, on_failure, penalty, progress, executor_options)
-        return driver.run(deque())
+        _check_searcher(searcher, store)
+        return _Driver(store, searcher, objective, options, executor).run(deque())
 
 
 def resume_study(
     path: str | os.PathLike[str],
-    searcher_factory: Callable[[int], Searcher],
+    searcher: Searcher | Callable[[int], Searcher],
     objective: str | Objective,
-    executor: str | Executor = "inline",
+    options: RunOptions = RunOptions(),
     *,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    trial_timeout: float | None = None,
-    n_workers: int = 1,
-    on_failure: str = "exclude",
-    penalty: float | None = None,
-    progress: bool = True,
-    executor_options: Mapping[str, Any] | None = None,
+    executor: Executor | None = None,
 ) -> StudySummary:
     """Continue the study at ``path`` after its driver stopped, was interrupted or was killed.
 
     RUNNING trials left by the dead driver are marked REQUEUED and their configurations run
-    again as new trials, as are those an interrupted run recorded REQUEUED;
-    ``searcher_factory(seed)`` rebuilds the searcher from the study's seed, the stored results
-    are replayed to it, and the study goes on. No recorded result is lost or recomputed and no
-    trial id is reused. ``n_trials`` counts the study's finished trials, earlier runs
-    included; the other arguments are as in :func:`run_study`. A study with a damaged trial
-    row is refused (:class:`~medtune.study.store.DamagedTrialError`), before any trial is
-    requeued.
+    again as new trials, as are those an interrupted run recorded REQUEUED; the searcher
+    (``searcher``: one built with the study's seed, or a function ``seed -> searcher`` that
+    builds it) hears the stored proposals and outcomes again, and the study goes on. No
+    recorded result is lost or recomputed and no trial id is reused. ``options.n_trials``
+    counts the study's finished trials, earlier runs included; the other arguments are as in
+    :func:`run_study`. A study with a damaged trial row is refused
+    (:class:`~medtune.study.store.DamagedTrialError`), before any trial is requeued.
     """
     with StudyStore(path) as store, driver_lock(store.path):
         store.require_intact()  # a history with a trial left out cannot be replayed
+        if not isinstance(searcher, Searcher):
+            searcher = searcher(store.seed)
+        _check_searcher(searcher, store)
+        if searcher.seed != store.seed:
+            raise StudyRunError(
+                f"cannot resume {store.path}: its searcher was built with seed {searcher.seed}, "
+                f"but the study's seed is {store.seed}; build it with seed={store.seed} (or "
+                "pass a function seed -> searcher)"
+            )
         requeued = store.requeue_orphans()
         if requeued:
             logger.info("%s: requeued %d trials left running by the previous driver: %s",
                         store.path, len(requeued), ", ".join(str(t.id) for t in requeued))
-        searcher = searcher_factory(store.seed)
         pending = replay(store, searcher)
-        driver = _Driver(store, searcher, objective, executor, n_trials, timeout, trial_timeout,
-                         n_workers, on_failure, penalty, progress, executor_options)
-        return driver.run(pending)
+        return _Driver(store, searcher, objective, options, executor).run(pending)
+
+
+def _check_searcher(searcher: Any, store: StudyStore) -> None:
+    """Refuse a searcher that is not one, has been asked already, or optimises the other way."""
+    if not isinstance(searcher, Searcher):
+        raise StudyRunError(
+            f"a study is driven by a medtune.search.Searcher, got {type(searcher).__name__}: "
+            "subclass medtune.search.Searcher (see its docstring)"
+        )
+    if searcher.asked:
+        raise StudyRunError(
+            f"the {searcher.name} searcher was asked {searcher.asked} times already: give the "
+            "study a freshly built one"
+        )
+    if searcher.direction != store.direction:
+        raise StudyRunError(
+            f"study {store.name!r} is to {store.direction} its objective, but the "
+            f"{searcher.name} searcher was built to {searcher.direction} it: build it with "
+            f"direction={store.direction!r}"
+        )
 
 
 def replay(store: StudyStore, searcher: Searcher) -> deque[tuple[Suggestion, int]]:
-    """Replay a study's proposals and results to a freshly built ``searcher``.
+    """Replay a study's proposals and outcomes to a freshly built ``searcher``.
+
+    Each outcome is derived from the trial's state and value (:func:`outcome`), as the run told
+    it, so a study recorded by an earlier version replays the same way.
 
     Returns the proposals that have no result yet (those of requeued trials), each with the id
     of the latest trial that ran it, in the order they were first proposed.
@@ -241,9 +296,8 @@ def replay(store: StudyStore, searcher: Searcher) -> deque[tuple[Suggestion, int
                 f"{trial.suggestion_id}, which no earlier trial proposed; the study file is "
                 "inconsistent"
             )
-        failed = bool(trial.told_failed) if trial.told_failed is not None else (
-            trial.state is not TrialState.COMPLETE)
-        searcher.tell(suggestion, None if failed else trial.told_value, failed=failed)
+        value, failed = outcome(trial.state, trial.value)
+        searcher.tell(suggestion, value, failed=failed)
         told.add(trial.suggestion_id)
         position += 1
 
@@ -276,50 +330,20 @@ def replay(store: StudyStore, searcher: Searcher) -> deque[tuple[Suggestion, int
 class _Driver:
     """One run of the study loop (shared by :func:`run_study` and :func:`resume_study`)."""
 
-    def __init__(
-        self,
-        store: StudyStore,
-        searcher: Searcher,
-        objective: str | Objective,
-        executor: str | Executor,
-        n_trials: int | None,
-        timeout: float | None,
-        trial_timeout: float | None,
-        n_workers: int,
-        on_failure: str,
-        penalty: float | None,
-        progress: bool,
-        executor_options: Mapping[str, Any] | None,
-    ):
-        if on_failure not in FAILURE_POLICIES:
+    def __init__(self, store: StudyStore, searcher: Searcher, objective: str | Objective,
+                 options: RunOptions, executor: Executor | None):
+        if executor is not None and (executor.name != options.executor
+                                     or executor.capacity != options.n_workers):
             raise ValueError(
-                f"on_failure must be one of {', '.join(FAILURE_POLICIES)}, not {on_failure!r}"
+                f"the executor passed ({executor.name!r}, {executor.capacity} at a time) is not "
+                f"the one the options describe ({options.executor!r}, n_workers="
+                f"{options.n_workers}): build it with options.make_executor(objective)"
             )
-        if n_trials is not None and n_trials < 0:
-            raise ValueError(f"n_trials must be at least 0, got {n_trials}")
-        if penalty is not None and not math.isfinite(penalty):
-            raise ValueError(f"penalty must be a finite number, got {penalty!r}")
-        if isinstance(executor, Executor) and (
-                trial_timeout is not None or n_workers != 1 or executor_options):
-            raise ValueError("trial_timeout, n_workers and executor_options are settings of the "
-                             "executor: pass them to make_executor when passing an executor "
-                             "already built")
         self.store = store
         self.searcher = searcher
         self.objective = objective
+        self.options = options
         self.executor = executor
-        self.executor_options = dict(executor_options or {})
-        self.n_trials = n_trials
-        self.timeout = timeout
-        self.trial_timeout = trial_timeout
-        self.n_workers = n_workers
-        self.on_failure = on_failure
-        self.sign = 1.0 if store.direction == "minimize" else -1.0
-        self.penalty = None if penalty is None else self.sign * penalty
-        self.progress = progress
-        complete = store.trials([TrialState.COMPLETE])
-        told = [t.told_value for t in complete if t.told_value is not None]
-        self.worst_told = max(told) if told else None
         best = store.best_trial()
         self.best = best.value if best else None
         self.finished = store.count()
@@ -327,14 +351,13 @@ class _Driver:
 
     def run(self, pending: deque[tuple[Suggestion, int]]) -> StudySummary:
         started = time.monotonic()
-        deadline = None if self.timeout is None else started + self.timeout
+        timeout, n_trials = self.options.timeout, self.options.n_trials
+        deadline = None if timeout is None else started + timeout
         in_flight: dict[int, Suggestion] = {}
         executor = self.executor
         try:
-            if not isinstance(executor, Executor):
-                executor = make_executor(executor, self.objective, self.n_workers,
-                                         trial_timeout=self.trial_timeout,
-                                         **self.executor_options)
+            if executor is None:
+                executor = self.options.make_executor(self.objective)
             with self._progress_bar() as bar:
                 task = bar.add_task(
                     f"study {self.store.name}", total=self._total(), completed=self.finished,
@@ -351,11 +374,11 @@ class _Driver:
         except KeyboardInterrupt:
             raise self._interrupted(executor) from None
         except BaseException:
-            if isinstance(executor, Executor):
+            if executor is not None:
                 executor.close(cancel=True)
             raise
         executor.close()
-        if self.n_trials is not None and self.finished >= self.n_trials:
+        if n_trials is not None and self.finished >= n_trials:
             reason = "n_trials"
         elif deadline is not None and time.monotonic() >= deadline:
             reason = "timeout"
@@ -375,15 +398,14 @@ class _Driver:
     def _total(self) -> int | None:
         """How many finished trials the run ends with, when known: ``n_trials``, or what the
         searcher plans to propose, whichever is smaller."""
-        planned = getattr(self.searcher, "planned_trials", None)
-        known = [n for n in (self.n_trials, planned) if n is not None]
+        known = [n for n in (self.options.n_trials, self.searcher.planned_trials) if n is not None]
         return min(known) if known else None
 
-    def _interrupted(self, executor: Executor | str) -> StudyInterrupted:
+    def _interrupted(self, executor: Executor | None) -> StudyInterrupted:
         """Stop the trials in flight and record them interrupted (a second Ctrl-C meanwhile
         is ignored, so the record is written whole)."""
         with _sigint_ignored():
-            if isinstance(executor, Executor):
+            if executor is not None:
                 executor.close(cancel=True)
             trials = self.store.interrupt_running(
                 "interrupted (Ctrl-C) while it ran; `medtune resume` runs its configuration "
@@ -402,7 +424,8 @@ class _Driver:
     ) -> None:
         """Start trials until the executor is full or no more may start now."""
         while len(in_flight) < executor.capacity:
-            if self.n_trials is not None and self.finished + len(in_flight) >= self.n_trials:
+            n_trials = self.options.n_trials
+            if n_trials is not None and self.finished + len(in_flight) >= n_trials:
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 return
@@ -426,16 +449,16 @@ class _Driver:
             executor.submit(TrialTask(trial_id, config, suggestion.resource, seed))
 
     def _record(self, result: TrialResult, suggestion: Suggestion) -> None:
-        """Commit one result to the store, then tell the searcher."""
-        told_value, told_failed = self._told(result)
+        """Commit one result to the store, then tell the searcher its outcome."""
+        value, failed = outcome(result.state, result.value)
         run = result.execution
-        told = {"told_value": told_value, "told_failed": told_failed}
+        told = {"told_value": value, "told_failed": failed}
         if result.state is TrialState.COMPLETE:
             assert result.value is not None
             self.store.complete_trial(result.trial_id, result.value, run, **told)
-            self.worst_told = told_value if self.worst_told is None else max(
-                self.worst_told, told_value)
-            if self.best is None or self.sign * result.value < self.sign * self.best:
+            direction = self.store.direction
+            if self.best is None or (to_score(result.value, direction)
+                                     < to_score(self.best, direction)):
                 self.best = result.value
         elif result.state is TrialState.PRUNED:
             self.store.prune_trial(result.trial_id, result.value, run, **told)
@@ -448,19 +471,7 @@ class _Driver:
             logger.warning("trial %d failed (%s): %s", result.trial_id,
                            result.failure_reason.value, first_line[0])
         self.finished += 1
-        self.searcher.tell(suggestion, told_value, failed=told_failed)
-
-    def _told(self, result: TrialResult) -> tuple[float | None, bool]:
-        """What the searcher hears about ``result``: ``(value to minimise, failed)``."""
-        if result.state is not TrialState.FAIL:
-            if result.value is None:  # pruned before reporting anything
-                return None, True
-            return self.sign * result.value, False
-        if self.on_failure == "penalize":
-            penalty = self.penalty if self.penalty is not None else self.worst_told
-            if penalty is not None:
-                return penalty, False
-        return None, True
+        self.searcher.tell(suggestion, value, failed=failed)
 
     def _best_text(self) -> str:
         return "-" if self.best is None else f"{self.best:.6g}"
@@ -475,7 +486,7 @@ class _Driver:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            disable=not self.progress,
+            disable=not self.options.progress,
         )
 
 

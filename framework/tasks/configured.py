@@ -1,8 +1,9 @@
-"""An objective with fixed settings merged under every configuration a searcher proposes."""
+"""A study's objective with its fixed settings, merged under every configuration a searcher
+proposes: a task plugin by name, or a ``"module:function"``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,22 +12,37 @@ from typing import Any
 class ConfiguredObjective:
     """``objective({**settings, **config}, resource, seed, report)``, picklable for workers.
 
-    ``reference`` is the objective's ``"module:function"`` name, imported where it runs.
+    ``reference`` is a task's name (no ``:``), built through the registry where the trial runs
+    (workers find the task through their own installed plugins), or a ``"module:function"``
+    imported there.
     """
 
     reference: str
     settings: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def trial_timeout(self) -> float | None:
-        """The time limit (seconds) the named objective declares for one trial, if any (see
-        :func:`medtune.study.executors.declared_trial_timeout`)."""
-        from medtune.study.executors import declared_trial_timeout
+    def task(self) -> str | None:
+        """The task plugin's name, or None for a ``"module:function"`` objective."""
+        return None if ":" in self.reference else self.reference
 
-        return declared_trial_timeout(self.reference)
+    def resolve(self, import_path: Sequence[str] = ()) -> Callable[..., Any]:
+        """The callable objective: the task (see :func:`medtune.tasks.load_task`) or the
+        imported function (see :func:`medtune.study.executors.resolve_objective`, which looks
+        in ``import_path`` too)."""
+        if self.task is not None:
+            from medtune.tasks.contract import load_task
+
+            return load_task(self.task)
+        from medtune.study.executors import resolve_objective
+
+        return resolve_objective(self.reference, import_path)
+
+    @property
+    def trial_timeout(self) -> float | None:
+        """The time limit (seconds) the task or the named objective declares for one trial, if
+        any (see :func:`medtune.study.executors.declared_trial_timeout`)."""
+        return getattr(self.resolve(), "trial_timeout", None)
 
     def __call__(self, config: Mapping[str, Any], resource: float | None, seed: int,
                  report: Callable[[float, float], None] | None = None) -> float | Mapping[str, float]:
-        from medtune.study.executors import resolve_objective
-
-        return resolve_objective(self.reference)({**self.settings, **config}, resource, seed, report)
+        return self.resolve()({**self.settings, **config}, resource, seed, report)

@@ -1,20 +1,18 @@
-"""The ``threads`` setting of every built-in task: torch's intra-op threads for one trial.
+"""The ``threads`` setting of a task: torch's intra-op threads for one trial.
 
 The networks of a CPU-scale run are made of small ops, which extra OpenMP threads slow down many
 times over when other jobs share the cores; ``threads = 1`` is the robust choice there. A
 positive integer sets the threads for the trial and restores the previous setting afterwards;
 0 (or no value) keeps PyTorch's setting. A process-pool executor already gives each worker its
-share of the cores; this setting narrows it further per trial.
+share of the cores; this setting narrows it further per trial. A task that declares ``threads``
+among its settings gets this behaviour from :class:`medtune.tasks.Task`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
-
-import torch
 
 from medtune.errors import MedtuneError
 
@@ -33,27 +31,14 @@ def check_threads(task: str, value: Any) -> int:
 @contextlib.contextmanager
 def trial_threads(count: int) -> Iterator[None]:
     """Run the block with ``count`` intra-op threads (0: unchanged), restored on exit."""
+    if not count:
+        yield
+        return
+    import torch
+
     previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
-        if count:
-            torch.set_num_threads(previous)
-
-
-def threaded(task: str, defaults: Mapping[str, Any]) -> Callable[[Callable], Callable]:
-    """Decorator of a task's ``train_*(config, resource, seed, report)``: runs it under the
-    ``threads`` of ``config`` (else of the task's ``defaults``), checked first."""
-
-    def wrap(train: Callable) -> Callable:
-        @functools.wraps(train)
-        def run(config: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
-            count = check_threads(task, config.get("threads", defaults["threads"]))
-            with trial_threads(count):
-                return train(config, *args, **kwargs)
-
-        return run
-
-    return wrap
+        torch.set_num_threads(previous)

@@ -1,36 +1,13 @@
 """The bone-age phantom: hand-radiograph-like images whose maturity is the regression label.
 
-A stand-in for the bone age assessment data of seed 001, ch. 6: small 2D images (64x64 by
-default) of a left hand - soft tissue, metacarpals, three phalanges per finger, a thumb, the
-radius and ulna and the carpal bones - drawn from a *bone age* in years. What changes with
-the bone age, as on real radiographs:
-
-- the size of the hand (the bones grow; boys' hands are 6 % larger at the same bone age);
-- the growth plates: every phalanx, the radius and the ulna have an epiphysis separated from
-  the shaft by a gap that narrows with the bone age and is closed (fused) from 16 years on;
-- the carpal bones: none before 1.5 years, then one more about every 1.6 years up to eight,
-  each growing;
-- ossification: bones get brighter.
-
-Each case is a pose (rotation within ±8°, shift within ±2 pixels), a blur and Gaussian noise
-(``noise`` is its standard deviation; intensities lie roughly in [0, 1]).
-
-Labels and covariates (:class:`BoneAgeCase`): the sex (half of the cases male), the
-chronological age and the bone age = chronological age + a deviation. A case is
-*pathological* when ``|bone age - chronological age| > PATHOLOGICAL_THRESHOLD`` (2 years, the
-order of the Greulich and Pyle standard deviations beyond which a delay or an advance is
-reported): with probability ``pathological`` the deviation is drawn 2 to 4 years away from
-the chronological age (delay or advance equally likely), otherwise from a normal distribution
-of standard deviation 0.8 years (rarely beyond 2 years).
-
-``distribution`` sets the chronological ages: ``"skewed"`` (as the RSNA training data of the
-seed, Fig. 6.3: most cases around 11 years, few young or old ones; a normal of mean 11 and
-standard deviation 2 years, kept within [5, 17]) or ``"uniform"`` (the seed's clinical test
-set: uniform within [5, 17] years, every age equally represented). Bone ages are clipped to
-[2, 19] years.
-
-Everything is a deterministic function of ``(seed, index)``; :meth:`BoneAgePhantom.case`
-draws the labels of a case without drawing its image.
+A stand-in for the bone age assessment data of Pourchot2022, ch. 6: small 2D images of a left
+hand whose size, growth plates, carpal bones and ossification change with the *bone age*, the
+label. Each case (:class:`BoneAgeCase`) has a sex, a chronological age and a bone age; it is
+*pathological* when the two differ by more than ``PATHOLOGICAL_THRESHOLD`` years.
+``distribution`` sets the chronological ages: ``"skewed"`` like Pourchot2022's training data or
+``"uniform"`` like its clinical test set. Everything is a deterministic function of
+``(seed, index)``; :meth:`BoneAgePhantom.case` draws the labels of a case without its image.
+How the images and labels are drawn: docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -47,7 +24,7 @@ from medtune.errors import MedtuneError
 
 #: |bone age - chronological age| in years above which a case is pathological
 PATHOLOGICAL_THRESHOLD = 2.0
-#: chronological ages in years, as the seed's clinical data set
+#: chronological ages in years, as Pourchot2022's clinical data set
 AGE_RANGE = (5.0, 17.0)
 #: bone ages are clipped to this range in years
 BONE_AGE_RANGE = (2.0, 19.0)
@@ -91,7 +68,7 @@ class BoneAgePhantom(Dataset):
         seed: the dataset's seed; case ``i`` depends only on ``(seed, i)``.
         distribution: chronological ages ``"skewed"`` around 11 years or ``"uniform"`` in
             [5, 17] (see the module docstring).
-        pathological: probability that a case is drawn pathological (the seed's clinical set
+        pathological: probability that a case is drawn pathological (Pourchot2022's clinical set
             has 56 of 206, 0.27).
         noise: standard deviation of the Gaussian image noise.
     """

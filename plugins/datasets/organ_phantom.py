@@ -1,33 +1,12 @@
 """The two-population 3D organ phantom: bean-shaped organs in ultrasound-like volumes.
 
-A stand-in for the kidney dataset of seed 004 (sec. 3.2.3, 4.5): a large, well-represented
-population (``"adult"``, 503 volumes in the seed) and a small one (``"child"``, 64) whose organs
-are smaller and whose contrast differs. Volumes are cubes of ``image_size`` voxels (48 by
-default so that CPU runs stay fast; the seed's 80 is available), the organ roughly centred.
-
-The organ is a bent ellipsoid: semi-axes ``(a, b, c)`` around a centre line that curves
-(``q = bend·b·(p/a)²``) with a concave indentation (the hilum) cut into the inner side, placed
-with a random pose (rotation about the three axes, translation, per-axis scale). The label is
-the largest 6-connected component of that shape (one component).
-
-The image mimics B-mode ultrasound: a tissue echogenicity (smooth texture around 0.5), the organ
-``contrast`` relative to it (``organ = tissue·(1 + contrast)``; negative = darker, as a
-hypoechoic kidney), depth attenuation ``exp(-attenuation·depth)`` along D (the probe sits at
-``D = 0``), multiplicative speckle of mean 1 (the magnitude of a spatially correlated complex
-Gaussian field: Rayleigh distributed) and a little additive Gaussian noise.
-
-Population differences (the documented defaults, what the tests check):
-
-- organ size: children's organs are ``child_scale`` (0.6-0.8, uniform) times the adults' linear
-  size, so their volume fraction is about 0.2-0.5 times the adults' (a third on average).
-  Adults' organs fill about 1.2-2.1 % of the volume (1.6 % on average), children's about
-  0.3-1.0 % (0.55 % on average), at any ``image_size``.
-- contrast: ``contrast=(-0.4, -0.2)``: the adults' organ mean is about 0.6 times the surrounding
-  tissue, the children's about 0.8 (a shift of +0.2).
-
-Everything is a deterministic function of ``(seed, index)``; an item's population depends only
-on its index and ``child_fraction`` (children are spread evenly: item ``i`` is a child when
-``floor((i + 1)·f) > floor(i·f)``), so a longer dataset extends a shorter one.
+A stand-in for the kidney dataset of Bertrand2019 (sec. 3.2.3, 4.5): a large, well-represented
+population (``"adult"``) and a small one (``"child"``) whose organs are smaller (``child_scale``)
+and whose contrast differs. Volumes are cubes of ``image_size`` voxels (48 by default so that
+CPU runs stay fast; Bertrand2019's 80 is available); the label is one 6-connected component.
+Everything is a deterministic function of ``(seed, index)``, and an item's population depends
+only on its index and ``child_fraction``, so a longer dataset extends a shorter one. The shape,
+the image model and the documented population differences: docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -67,7 +46,7 @@ class OrganPhantom(Dataset):
 
     Args:
         size: number of volumes (both populations together).
-        image_size: side of the cubic volumes in voxels (32 to 128; 48 default, 80 in the seed).
+        image_size: side of the cubic volumes in voxels (32 to 128; 48 default, 80 in Bertrand2019).
         seed: the dataset's seed; volume ``i`` depends only on ``(seed, i)``.
         child_fraction: share of the small population (0.2: four adults to one child).
         child_scale: (min, max) linear size of a child's organ relative to an adult's, uniform.

@@ -1,29 +1,11 @@
 """The three-class ring phantom: short-axis cardiac MR-like slices, myocardium as a ring.
 
-A stand-in for the LGE-MRI data of seed 003 (128x128 slices, three classes): label 0 is the
-background, 1 the ring ("myocardium"), 2 the cavity it encloses ("blood pool"). Slices are
-``image_size`` pixels square (128 by default, as in the seed).
-
-Geometry: the outer (epicardial) boundary is an ellipse with a random centre (within 8 % of
-the image size from the middle), mean radius ``radius`` (fraction of ``image_size``, uniform),
-axis ratio ``ellipticity`` (uniform) and orientation (uniform). The inner (endocardial)
-boundary lies ``thickness`` (fraction of ``image_size``, uniform) inside it, the wall being up
-to 25 % thicker on one side and thinner on the other, as a septum against a free wall. In
-elliptical polar coordinates around the centre the cavity is ``ρ <= R_out - t(θ)`` and the ring
-``R_out - t(θ) < ρ <= R_out`` with ``t(θ) > 0``: the cavity is one connected region and the ring
-separates it from the background everywhere.
-
-Intensities mimic late gadolinium enhancement: the blood pool is bright (about 0.8), healthy
-myocardium nulled and dark (about 0.1), the surrounding tissue grey (about 0.4); each class mean
-is jittered per slice (±0.05) and carries a smooth texture. With probability ``scar`` a slice
-has an enhanced (bright, about 0.7) sector of myocardium that spreads from the endocardium
-outwards, still labelled 1, as infarct scar in LGE images. The image is blurred slightly
-(partial volume), multiplied by a smooth bias field (a random low-order polynomial, within
-``±bias``) and given Rician noise (``noise`` is the standard deviation of each of the two
-Gaussian components), so intensities are magnitudes, roughly in [0, 1].
-
-Everything is a deterministic function of ``(seed, index)``: the same dataset is rebuilt
-identically anywhere, and a slice can be generated on its own.
+A stand-in for the LGE-MRI data of Rukundo2021 (128x128 slices, three classes): label 0 is the
+background, 1 the ring ("myocardium"), 2 the cavity it encloses ("blood pool"); the ring
+separates the cavity from the background everywhere. Intensities mimic late gadolinium
+enhancement, with an optional bright scar sector (still labelled 1), a bias field and Rician
+noise. Everything is a deterministic function of ``(seed, index)``. Geometry and intensities
+in detail: docs/datasets.md.
 """
 
 from __future__ import annotations
@@ -68,7 +50,7 @@ class RingPhantom(Dataset):
 
     Args:
         size: number of slices.
-        image_size: side of the square slices in pixels (64 to 512; 128 as in seed 003).
+        image_size: side of the square slices in pixels (64 to 512; 128 as in Rukundo2021).
         seed: the dataset's seed; slice ``i`` depends only on ``(seed, i)``.
         radius: (min, max) mean outer radius as a fraction of ``image_size``, uniform.
         thickness: (min, max) mean wall thickness as a fraction of ``image_size``, uniform.

@@ -4,7 +4,7 @@ Each slice is a body ellipse of soft tissue with a few organ-like ellipses of ot
 Gaussian noise and a mild blur, in Hounsfield-like units scaled to roughly [-1, 1]. Lesions are
 slightly brighter ellipses inside the body whose areas are drawn log-uniformly from
 ``lesion_area``; a slice holds 0 to ``max_lesions`` of them, so some slices have no lesion at
-all (the seed 002 evaluation scores those too). Everything is a deterministic function of
+all (the Seo2021 evaluation scores those too). Everything is a deterministic function of
 ``(seed, index)``: the same dataset is rebuilt identically anywhere, and a slice can be
 generated on its own.
 """

@@ -1,4 +1,4 @@
-"""Deformation plugins: template deformation (seed 004, ch. 4) and its transform builders.
+"""Deformation plugins: template deformation (Bertrand2019, ch. 4) and its transform builders.
 
 - ``template`` (:mod:`~medtune.plugins.deformations.template`): a network predicts a global
   similarity ``G`` and a local field ``L`` that deform a fixed binary template, segmentation =

@@ -1,38 +1,13 @@
-"""The ``implicit`` deformation plugin: classical implicit template deformation (seed 004, sec. 4.3).
+"""The ``implicit`` deformation plugin: implicit template deformation (Bertrand2019, sec. 4.3).
 
 No training data: the deformation ``ψ = L ∘ G`` of a binary template ``φ0`` onto one image is
-found by minimising the energy of eq. 4.3
-
-    E(G, v) = mean[ H(φ0 ∘ L ∘ G)·r_int + (1 − H(φ0 ∘ L ∘ G))·r_ext ] + λ/2 ‖L − Id‖²   (4.3, 4.6)
-
-by gradient descent (Adam) on the 9 similarity parameters of ``G`` (eq. 4.8, scales through
-their logarithm) and a low-resolution field ``v`` with ``L = Id + K_σ * v`` (eq. 4.4-4.5).
-
-- Region terms (Chan-Vese): on the image standardised to zero mean and unit variance and
-  smoothed by ``image_sigma`` voxels, ``r_int = (I − c_int)²`` and ``r_ext = (I − c_ext)²`` with
-  ``c_int``/``c_ext`` the mean intensities inside/outside the current segmentation (updated at
-  every step, not differentiated), so ``r_int − r_ext < 0`` where a voxel looks like the inside.
-- The implicit template ``φ0`` is the signed distance to the binary template's boundary
-  (positive inside, in voxels), warped trilinearly with border padding, and ``H`` is the smooth
-  Heaviside ``H_ε(φ) = sigmoid(φ / ε)``: the boundary is located to a fraction of a voxel. The
-  global stage runs coarse to fine over ``widths`` (``ε`` in voxels: a wide ``ε`` widens the
-  basin of attraction). A last stage, and the joint stage, use ``φ0 = 2·template − 1`` warped
-  trilinearly with ``ε = final_width``: its zero level set is exactly the boundary of the
-  returned segmentation (the template warped trilinearly, thresholded at 1/2).
-- Accuracy: the position and the overall scale (cube root of ``sx·sy·sz``) are recovered to a
-  fraction of a voxel and about 1 %; the three scales separately are less well determined on a
-  small organ (they trade off against the rotation by a few percent at 48³). Step sizes decay
-  (cosine) within each phase, so Adam does not jitter around the minimum.
-- Schedule: ``global_iterations`` steps on ``G`` alone (pose), then ``local_iterations`` steps
-  on ``G`` and ``v`` together (shape), as in Mory et al. (2012).
-- ``v`` is kept in ``[−m, m]`` with ``m`` from
-  :func:`medtune.plugins.deformations.template.safe_max_displacement`, so ``Id + K_σ * v``
-  cannot fold and the result stays one connected component.
-
-As a refinement after the ``template`` network, pass its ``params`` and ``displacement``: the
-field becomes the starting ``v`` (clipped to the bound), so the starting ``L`` is the network's
-smoothed once more by ``K_σ``. Every volume of a batch is optimised independently (the energy
-is a sum over the batch).
+found by minimising the region energy of eq. 4.3 plus ``λ/2 ‖L − Id‖²`` (eq. 4.6) by gradient
+descent (Adam) on the 9 similarity parameters of ``G`` (eq. 4.8) and a low-resolution field
+``v`` with ``L = Id + K_σ * v`` (eq. 4.4-4.5): first on ``G`` alone (pose), then on both
+(shape), as in Mory et al. (2012). ``v`` is bounded so that ``L`` cannot fold and the result
+stays one connected component. Passing a ``template`` network's ``params`` and
+``displacement`` refines its result. The energy terms, the schedule and the accuracy:
+docs/deformations.md.
 """
 
 from __future__ import annotations

@@ -1,50 +1,15 @@
-"""The ``template`` deformation plugin: segmentation by deep template deformation (seed 004, sec. 4.4).
+"""The ``template`` deformation plugin: deep template deformation (Bertrand2019, sec. 4.4).
 
 A network looks at an image and predicts how to deform a fixed binary template ``φ0`` onto the
 organ it shows: a global similarity ``G`` (9 parameters of eq. 4.8) and a local displacement
 field ``L = Id + u`` (eq. 4.9). The segmentation is ``φ0 ∘ L ∘ G`` (eq. 4.7), computed in one
 call of :func:`medtune.kernels.warp3d`, and the training loss is
-``Dice(φ0 ∘ L ∘ G, label) + λ/2 ‖L − Id‖²`` (eq. 4.10-4.11).
-
-Architecture (figure 4.2): one encoder shared by
-
-- the global head: a ``1×1×1`` convolution with 9 filters on the deepest features, then a global
-  pooling (sec. 4.4.1), after ``global_layers`` (2) ``3×3×3`` convolutions as the seed's
-  conclusion proposes against its correlated parameters (sec. 4.7). The head sees coordinate
-  channels too, and a tenth filter weighs the pooling (a softmax over voxels): it starts as the
-  seed's plain average and can learn to average over the organ only, where a map linear in the
-  coordinates yields the organ's position. Its outputs map to ``(tx, ty, tz)`` in normalised units,
-  ``(rx, ry, rz)`` in radians and ``(sx, sy, sz) = exp(b·tanh(raw/b))`` with ``b = log 2``: the
-  scales stay in ``[1/2, 2]`` so the organ can neither vanish nor fill the volume;
-- the local head: a U-Net-like decoder up to a reduced resolution (``image_size / 4`` by
-  default), a ``3×3×3`` convolution with 3 filters (sec. 4.4.2), a bound, a Gaussian smoothing
-  ``K_σ`` (eq. 4.9). The field is interpolated trilinearly to the template's resolution by the
-  warp itself (it samples the low-resolution field at ``G(x)``, the resizing of sec. 4.4.2).
-
-The encoder receives the image (average-pooled by ``input_stride``, 2 by default, which saves
-time) together with three channels of normalised coordinates, so that globally pooled features
-can tell where the organ is (translation) and how it is spread (scale, orientation).
-
-Identity at initialisation: the last layers of both heads are zero, so a fresh model returns
-the template itself, and training starts from the template.
-
-One connected component: ``φ0`` must be a single (6-connected) component, and ``L ∘ G`` is a
-diffeomorphism by construction, so the deformed template is one piece. ``G`` is a similarity
-with positive scales. For ``L``, the raw field is bounded by ``max_displacement`` through a
-``tanh`` and then smoothed; a field bounded by ``m`` and smoothed by a kernel of total variation
-``TV`` has finite differences of at most ``m·TV`` per field voxel, trilinear interpolation keeps
-that bound, so every entry of the Jacobian of ``u`` is at most ``m·TV/h`` (``h`` the field's
-spacing in normalised units) and the Jacobian's norm at most 3 times that. The default
-``max_displacement`` (:func:`safe_max_displacement`) keeps that norm below 0.9 < 1: ``Id + u``
-cannot fold. A larger ``max_displacement`` is refused. The continuous shape is therefore one
-piece; on the voxel grid, a thin part of it can be left touching the rest by an edge or a corner
-only, so components are counted with 26-connectivity (:func:`count_components`,
-``scipy.ndimage.label`` with a full 3×3×3 structure); tests check this on trained models and on
-the strongest deformations the bounds allow.
-
-The template is one of the training labels (sec. 4.4.3): :func:`choose_template` picks the one
-closest to the mean shape and returns its index so that the caller removes that volume from
-training and testing; a user-supplied template works the same way.
+``Dice(φ0 ∘ L ∘ G, label) + λ/2 ‖L − Id‖²`` (eq. 4.10-4.11). A fresh model returns the template
+itself. The deformed template stays one connected component: ``G`` has positive scales and the
+bounded, smoothed field cannot fold, so a larger ``max_displacement`` than
+:func:`safe_max_displacement` is refused. :func:`choose_template` picks the training label
+closest to the mean shape (sec. 4.4.3). The architecture, the bound and where it departs from
+Bertrand2019: docs/deformations.md.
 """
 
 from __future__ import annotations
@@ -125,7 +90,7 @@ def choose_template(labels: Sequence[Tensor | np.ndarray]) -> tuple[Tensor, int]
     The mean shape is the voxel-wise mean of all labels (the probability of "organ" at each
     voxel); the chosen label is the one with the smallest squared distance to it, among the
     labels that form a single connected component. Remove volume ``index`` from the data the
-    model is trained and evaluated on (seed 004, sec. 4.4.3).
+    model is trained and evaluated on (Bertrand2019, sec. 4.4.3).
     """
     if len(labels) == 0:
         raise TemplateError("choose_template: got no labels; pass the training labels")
@@ -179,10 +144,11 @@ class TemplateDeformation(nn.Module):
         max_displacement: bound on the raw field in normalised units; default (``None``) and
             upper limit :func:`safe_max_displacement`.
         regularization: ``λ`` of eq. 4.11, on ``u`` measured in template voxels.
-        global_transform: predict ``G`` (``False``: identity ``G``, the seed's "Deformation" row).
+        global_transform: predict ``G`` (``False``: identity ``G``, Bertrand2019's "Deformation"
+            row).
         local_transform: predict ``L`` (``False``: identity ``L``).
         global_layers: ``3×3×3`` convolutions before the global head's ``1×1×1`` convolution
-            (0 is the seed's head; the seed's conclusion, sec. 4.7, proposes one or two more
+            (0 is Bertrand2019's head; its conclusion, sec. 4.7, proposes one or two more
             layers against the correlated parameters it observed).
     """
 

@@ -1,31 +1,15 @@
-"""Transform builders of template deformation (seed 004, sec. 4.3-4.4): the global similarity
+"""Transform builders of template deformation (Bertrand2019, sec. 4.3-4.4): the global similarity
 ``G`` of eq. 4.8 with its analytic inverse (3D and 2D), and the smoothing (eq. 4.5, 4.9) and
 upsampling of the local displacement field.
 
-Conventions (those of ``torch.nn.functional.affine_grid``/``grid_sample``):
-
-- Matrices act on normalised coordinates in ``[-1, 1]`` ordered ``(x, y, z) = (W, H, D)``, and
-  are returned batched and without the homogeneous row: ``[N, 3, 4]`` in 3D, ``[N, 2, 3]`` in 2D.
-- ``affine_grid(theta)`` samples the input at ``theta(x)`` for every output point ``x``, so
-  ``theta = similarity_matrix(p)`` resamples a template as ``phi_0 ∘ G`` (eq. 4.7, without the
-  local part); the content then moves by ``G⁻¹``. To move content *by* ``G`` (a blob at ``c`` ends
-  at ``G(c)``) pass ``theta = similarity_inverse(p)``.
-- The 9 parameters are ordered ``(tx, ty, tz, rx, ry, rz, sx, sy, sz)``: translations in
-  normalised units, rotation angles in radians, scale factors. The seed predicts one scale per
-  axis (sec. 3.4.1: "translation, rotation and scaling along each axis, i.e. nine parameters");
-  7 parameters ``(tx, ty, tz, rx, ry, rz, s)`` select a single isotropic scale instead.
-  In 2D: ``(tx, ty, angle, sx, sy)``, or ``(tx, ty, angle, s)``.
-- ``G = T·C₊·Rz·Ry·Rx·S·C₋`` with ``C₊``/``C₋`` the translations by ``+c``/``-c`` to and from the
-  rotation centre ``c`` (the seed prints them with zeros on the diagonal, a typo). ``Ry`` is the
-  seed's as printed (``-sin`` above the diagonal); every factor is a proper rotation.
-- The centre defaults to the volume centre, which is the origin in normalised coordinates, so
-  ``C±`` are identities there. On a non-cubic grid, normalised coordinates are anisotropic in
-  voxels, so a rotation in them is not rigid in voxel space; the seed's volumes are cubes.
-
-Displacement fields are ``[N, 3, D, H, W]`` (2D: ``[N, 2, H, W]``) in normalised units, channel
-order ``(x, y, z)`` like the grid. Because normalised units do not depend on the grid size, an
-upsampled field needs no rescaling of its values (with the same ``align_corners`` as the warp).
-Everything is built from differentiable torch operations.
+Conventions are those of ``torch.nn.functional.affine_grid``/``grid_sample``: matrices act on
+normalised coordinates in ``[-1, 1]`` ordered ``(x, y, z) = (W, H, D)`` and are returned
+batched without the homogeneous row (``[N, 3, 4]``, 2D ``[N, 2, 3]``); ``theta =
+similarity_matrix(p)`` resamples a template as ``phi_0 ∘ G``, ``similarity_inverse(p)`` moves
+content by ``G``. The 9 parameters are ``(tx, ty, tz, rx, ry, rz, sx, sy, sz)`` (7 with one
+isotropic scale; 2D ``(tx, ty, angle, sx, sy)``). Displacement fields are in normalised units,
+so an upsampled field needs no rescaling. The composition of ``G`` and the typos of
+Bertrand2019 it corrects: docs/deformations.md.
 """
 
 from __future__ import annotations
@@ -149,8 +133,8 @@ def smooth_displacement(
 
     A separable convolution, one 1D pass per axis: ``method="gaussian"`` is ``K_σ * v`` of
     eq. 4.5/4.9 (``sigma`` in voxels, per axis ``(D, H, W)`` or one for all, kernel from
-    :func:`gaussian_kernel1d`); ``method="mean"`` is the seed's box filter (sec. 4.4.2, ``size``
-    odd, 3 in the seed). ``padding_mode`` is ``"replicate"`` (a constant field stays constant),
+    :func:`gaussian_kernel1d`); ``method="mean"`` is Bertrand2019's box filter (sec. 4.4.2, ``size``
+    odd, 3 in Bertrand2019). ``padding_mode`` is ``"replicate"`` (a constant field stays constant),
     ``"reflect"`` or ``"zeros"``.
     """
     spatial = _check_field(field)
@@ -195,7 +179,7 @@ def upsample_displacement(
 ) -> torch.Tensor:
     """Resize a low-resolution displacement field to ``size`` (``(D, H, W)`` or ``(H, W)``).
 
-    Trilinear (bilinear in 2D) interpolation, as the seed resizes its predicted field to the
+    Trilinear (bilinear in 2D) interpolation, as Bertrand2019 resizes its predicted field to the
     template's size (sec. 4.4.2). Values are in normalised units, which do not depend on the grid
     size, so they are not rescaled. Use the ``align_corners`` the warp will use (torch's default,
     ``False``, is the default here too); with ``True``, a field linear in the normalised

@@ -3,8 +3,8 @@ and the quality-surrogate loss.
 
 The overlap losses (``dice``, ``tversky``, ``effectiveness``, ``glf``) run on the fused kernel
 op :func:`medtune.kernels.glf_loss` and take MONAI's arguments; ``glf`` adapts its coefficients
-during training (seed 002), deterministically inside its forward or through
-:class:`GLFExploratory`. ``density_weighted`` is the KDE-weighted regression loss of seed 001.
+during training (Seo2021), deterministically inside its forward or through
+:class:`GLFExploratory`. ``density_weighted`` is the KDE-weighted regression loss of Pourchot2022.
 """
 
 from medtune.plugins.losses.adaptive import (
@@ -25,7 +25,8 @@ from medtune.plugins.losses.exploratory import (
     exploratory_overhead,
 )
 from medtune.plugins.losses.glf import GLFLoss
-from medtune.plugins.losses.overlap import DiceLoss, EffectivenessLoss, OverlapLoss, TverskyLoss
+from medtune.losses import OverlapLoss
+from medtune.plugins.losses.overlap import DiceLoss, EffectivenessLoss, TverskyLoss
 from medtune.plugins.losses.quality_surrogate import QualitySurrogateLoss
 
 #: ``{name: factory}`` as registered under the ``loss`` kind by the built-in plugin.

@@ -1,53 +1,14 @@
 """Adaptive GLF coefficients: driving metrics, the deterministic rule, bounds and trajectories.
 
-The generalized loss (seed 002, eq. 1) has three coefficients: alpha_p weighs the false
-positives in the weighted precision P_aP = TP / (TP + alpha_p FP), alpha_n the false negatives
-in the weighted recall R_aN = TP / (TP + alpha_n FN), and beta2 the recall against the
-precision. The seed evolves them during training; this module holds what both of its
-strategies share (the batch-averaged metrics that drive them, the bounds, the recorded
-trajectory for the seed's Fig. 6 and 7) and the deterministic strategy itself. The exploratory
-strategy lives in :mod:`medtune.plugins.losses.exploratory`.
-
-Deterministic rule (seed 002, eq. 2-4 and Fig. 2b)
---------------------------------------------------
-The prefactor of eq. 3, TP alpha_p FP / (TP + alpha_p FP)^2, is largest when
-alpha_p FP = TP and shrinks like TP/FP when FP >> TP (early training) and like FP/TP when
-TP >> FP: the gradient along TP and FP is attenuated. The rule counters it by moving alpha_p
-towards the side of the imbalance, alpha_n likewise from eq. 4, and beta2 so that the
-precision and recall terms of eq. 2 keep the same order (increase beta2 when
-P_aP << R_aN). Every step, each coefficient is multiplied by one of five factors (-50 %,
--25 %, 0, +25 %, +50 %) chosen by a ladder on its driving ratio, then clamped to its bounds.
-The seed gives one threshold (alpha_p halves when <TP/FP> < 1/15); the others are our
-symmetric choices (the ladder is symmetric in log-ratio around 1). The defaults:
-
-=============  =======================  ======  ===========  ==========  ============  ======
-coefficient    driving ratio r          x 0.5   x 0.75       x 1         x 1.25        x 1.5
-=============  =======================  ======  ===========  ==========  ============  ======
-alpha_p        <TP / FP>                r<1/15  1/15<=r<1/5  1/5<=r<=5   5<r<=15       r>15
-alpha_n        <TP / FN>                r<1/15  1/15<=r<1/5  1/5<=r<=5   5<r<=15       r>15
-beta2          <R_aN / P_aP>            r<1/4   1/4<=r<1/2   1/2<=r<=2   2<r<=4        r>4
-=============  =======================  ======  ===========  ==========  ============  ======
-
-Freezing (Fig. 2b caption): alpha_p is not updated when <FP> < 5 and alpha_n is not updated
-when <FN> < 1 (counts in pixels/voxels, batch-averaged). The caption literally says "> 5" and
-"> 1", but it gives the reason as avoiding "the unbounded divergence of the parameters", which
-happens when the denominator of TP/FP (TP/FN) becomes tiny and the ratio explodes, and a freeze
-above 5 would stop alpha_p from moving at all in the early, false-positive-dominated phase the
-text says it must react to (sec. II.B, Fig. 6). We follow the text;
-``DeterministicRules(freeze_when="above")`` follows the caption literally.
-
-Batch averages <.> run over the samples and the classes the loss uses. A ratio is only
-averaged where it is defined: TP/FP where the prediction is non-empty (TP + FP >=
-``ratio_floor``), TP/FN where the target is (TP + FN >= ``ratio_floor``), R_aN / P_aP =
-(TP + alpha_p FP) / (TP + alpha_n FN) where both are; a denominator below ``ratio_floor`` (one
-pixel by default) counts as ``ratio_floor``. A ratio defined nowhere in the batch (for example
-<TP/FN> on a batch without any target) leaves its coefficient unchanged. Bounds default to
-[0.05, 20] for every coefficient. Everything is configurable through :class:`DeterministicRules`,
-:class:`RatioLadder` and :class:`CoefficientBounds`. The update reads the detached [N, C, 3]
-sums once (one small device-to-host copy, like the loss's finiteness check) and does the rest
-on the host. Measured on a 2-core CPU (best of many runs), the GLF forward + backward went from
-0.45 to 0.60 ms at 4 x 1 x 64 x 64 and from 2.3 to 2.8 ms at 8 x 1 x 512 x 512: a fixed cost of
-a few tenths of a millisecond per step, small against any network's step.
+Seo2021 evolves the GLF's alpha_p, alpha_n and beta2 during training. This module holds what
+both of its strategies share (the batch-averaged metrics that drive them, the bounds, the
+recorded trajectory for Seo2021's Figs. 6 and 7) and the deterministic strategy itself (eqs.
+2-4, Fig. 2b): every step each coefficient is multiplied by one of five factors chosen by a
+ladder on its driving ratio, then clamped to its bounds. Seo2021 gives one threshold of the
+ladder; the others are medtune's symmetric choices, and the freezing counts follow the text
+rather than the Fig. 2b caption (``freeze_when="above"`` follows the caption). The defaults
+table and the reasons: docs/losses.md. The exploratory strategy lives in
+:mod:`medtune.plugins.losses.exploratory`.
 """
 
 from __future__ import annotations
@@ -67,7 +28,7 @@ from medtune.errors import LossError
 #: The adaptive coefficients, in the order of every [3] coefficient tensor.
 COEFFICIENTS = ("alpha_p", "alpha_n", "beta2")
 
-#: The seed's five deterministic actions: -50 %, -25 %, keep, +25 %, +50 %.
+#: Seo2021's five deterministic actions: -50 %, -25 %, keep, +25 %, +50 %.
 FIVE_ACTIONS = (0.5, 0.75, 1.0, 1.25, 1.5)
 
 
@@ -135,7 +96,7 @@ def _default_beta2_ladder() -> RatioLadder:
 
 @dataclass(frozen=True)
 class DeterministicRules:
-    """The deterministic update of seed 002 (Fig. 2b); see the module docstring for the table.
+    """The deterministic update of Seo2021 (Fig. 2b); docs/losses.md has the table.
 
     Args:
         alpha_p: ladder on <TP / FP>.
@@ -144,8 +105,8 @@ class DeterministicRules:
         freeze_false_positives: alpha_p is frozen when <FP> is below (``freeze_when="below"``)
             or above (``"above"``) this count.
         freeze_false_negatives: the same for alpha_n and <FN>.
-        freeze_when: ``"below"`` (default, follows the seed's stated reason) or ``"above"``
-            (the seed's caption taken literally).
+        freeze_when: ``"below"`` (default, follows Seo2021's stated reason) or ``"above"``
+            (Seo2021's caption taken literally).
         ratio_floor: denominators below this count as this (pixels); also the minimum
             predicted / target size for a ratio to be defined.
     """
@@ -280,7 +241,7 @@ def driving_metrics(
 
     Returns floats: ``tp_over_fp``, ``tp_over_fn``, ``recall_over_precision`` (R_aN / P_aP),
     ``precision`` and ``recall`` (unweighted, soft), and the batch means ``true_positives``,
-    ``false_positives``, ``false_negatives``. See the module docstring for where each ratio is
+    ``false_positives``, ``false_negatives``. docs/losses.md says where each ratio is
     defined; an undefined average is NaN. Reads the sums once (one small copy to the host).
     """
     sums = torch.stack(tuple(stats), dim=-1).detach().to("cpu", torch.float64).numpy()
@@ -307,11 +268,11 @@ def driving_metrics(
 
 
 def tversky_projection(alpha_p: float, alpha_n: float, beta2: float) -> tuple[float, float]:
-    """The seed's Fig. 7 map of (alpha_p, alpha_n, beta2) into the Tversky plane.
+    """Seo2021's Fig. 7 map of (alpha_p, alpha_n, beta2) into the Tversky plane.
 
     GLF = 1 - 2 TP / (2 TP + a FP + b FN) with a = 2 alpha_p / (1 + beta2) and
     b = 2 beta2 alpha_n / (1 + beta2): Dice sits at (1, 1) and the Effectiveness losses on the
-    line a + b = 2, as the caption says. (The seed prints a = 2 alpha_p (1 + beta2) and
+    line a + b = 2, as the caption says. (Seo2021 prints a = 2 alpha_p (1 + beta2) and
     b = 2 beta2 alpha_p / (1 + beta2) in the text, b = 2 beta2 alpha_p (1 + beta2) in the
     caption; neither puts Dice at (1, 1). We follow the algebra.) In MONAI's Tversky
     convention (TP weight 1) the same loss has alpha = a / 2 and beta = b / 2.
@@ -323,10 +284,10 @@ class Trajectory:
     """Per-step records of the coefficients and the metrics that drive them.
 
     Each record holds ``step``, the coefficients after the step (``alpha_p``, ``alpha_n``,
-    ``beta2``), their Tversky-plane projection (``alpha_p_tversky``, ``alpha_n_tversky``, the
-    seed's Fig. 7), the multiplicative actions chosen (``factor_alpha_p`` ..., before the
+    ``beta2``), their Tversky-plane projection (``alpha_p_tversky``, ``alpha_n_tversky``,
+    Seo2021's Fig. 7), the multiplicative actions chosen (``factor_alpha_p`` ..., before the
     bounds apply), the step's
-    ``loss`` and the driving metrics of :func:`driving_metrics` (the seed's Fig. 6), plus
+    ``loss`` and the driving metrics of :func:`driving_metrics` (Seo2021's Fig. 6), plus
     strategy-specific entries. All values are floats.
     """
 

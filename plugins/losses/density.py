@@ -1,7 +1,7 @@
-"""Density-weighted regression loss: rare labels weigh more (seed 001, ch. 6.3.3-6.3.5).
+"""Density-weighted regression loss: rare labels weigh more (Pourchot2022, ch. 6.3.3-6.3.5).
 
 A regression network trained on a skewed label distribution pulls its predictions towards the
-common labels. Seed 001 re-weights every training sample by a negative power of the label
+common labels. Pourchot2022 re-weights every training sample by a negative power of the label
 density, estimated with SciPy's Gaussian kernel density estimator on the training labels,
 
     w(y) = f(y)^-alpha / mean_i f(y_i)^-alpha,
@@ -26,7 +26,7 @@ from scipy.stats import gaussian_kde
 from torch import Tensor, nn
 
 from medtune.errors import LossError
-from medtune.plugins.losses.overlap import REDUCTIONS
+from medtune.losses import REDUCTIONS
 
 BASES = ("l1", "mse")
 
@@ -62,7 +62,7 @@ class DensityWeightedLoss(nn.Module):
         training_labels: the labels of the whole training set, [M] or [M, K] for a joint
             density over K columns (M > K, not all equal, columns not collinear).
         alpha: damping exponent >= 0 (1: inverse density, 0.5: damped, 0: uniform).
-        base: ``"l1"`` (the seed's choice) or ``"mse"``.
+        base: ``"l1"`` (Pourchot2022's choice) or ``"mse"``.
         reduction: ``"mean"`` or ``"sum"`` of the weighted per-sample losses, or ``"none"``
             for the [N] weighted per-sample losses.
         bandwidth: SciPy's ``bw_method`` (``"scott"``, ``"silverman"``, a number or a

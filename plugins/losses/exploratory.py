@@ -1,48 +1,14 @@
-"""The exploratory adaptive strategy of seed 002 (sec. II.B, Fig. 2a) without copying the model.
+"""The exploratory adaptive strategy of Seo2021 (sec. II.B, Fig. 2a) without copying the model.
 
-Every step the seed tries the 27 actions (each of alpha_p, alpha_n, beta2 times 0.9, 1 or
-1.1): each candidate loss takes one optimiser step from the current parameters, and the action
-whose updated network has the smallest batch-averaged Euclidean distance between prediction and
-label wins; its step is the one kept.
-
-How this is done cheaply. The GLF depends on the network only through the per-sample,
-per-class sums TP, FP, FN of one forward pass, and FP = S - TP, FN = G - TP where S is the sum
-of the prediction and G of the target (a constant). The gradient of a candidate loss is
-therefore
-
-    grad L_j = sum_{n,c} a_j[n,c] grad S[n,c] + b_j[n,c] grad TP[n,c],
-    a_j = dL_j/dFP,   b_j = dL_j/dTP - dL_j/dFP - dL_j/dFN,
-
-a combination of 2 N C basis gradients with coefficients that cost nothing to compute (the
-loss of 27 coefficient triples on the [N, C, 3] sums, vectorised with ``torch.func``). The step
-runs one forward pass, turns each basis direction into a cotangent on the network output with
-the fused ``glf_stats`` backward (one pass each, no one-hot), back-propagates
-``min(27, 2 N C)`` cotangents through the retained graph (2 C with ``batch=True``, where the
-loss sees only batch sums and the combination is still exact), forms the 27 parameter updates
-and evaluates the 27 updated networks with ``torch.func.functional_call``, batched by
-``torch.func.vmap`` on GPUs and one after another on CPUs (``candidate_forwards``). BatchNorm
-running statistics are updated on per-candidate copies and discarded. No model is ever copied.
-(``autograd.grad(..., is_grads_batched=True)`` would batch the backward passes too, but on the
-CPU it measured over 20x slower than the loop for a small UNet, so the backward passes loop.)
-
-``gradients="batch_sums"`` trades exactness for cost when ``batch=False``: it uses the 2 C
-batch-summed basis gradients grad sum_n S[n,c], grad sum_n TP[n,c] with the coefficients
-averaged over the batch, i.e. it replaces a_j[n,c] (b_j[n,c]) by mean_n a_j[n,c]. That is exact
-when every sample has the same sensitivities (always with ``batch=True``) and otherwise an
-approximation of the seed's rule whose error grows with the spread of the per-sample ratios.
-
-Lookahead and commit. The lookahead step of every candidate is plain SGD,
-theta_j = theta - lr grad L_j. Without an optimiser the chosen theta_j is kept (the seed's
-rule exactly, for SGD). With ``optimizer=`` the chosen candidate's gradient is written into
-``.grad`` and ``optimizer.step()`` is called: the choice is made with the SGD lookahead, the
-update is the optimiser's (Adam, as in the seed, moves along a rescaled direction).
-
-Cost (2-core CPU, torch 2.13, the two-level UNet of :func:`exploratory_overhead`'s example:
-8/16 channels with BatchNorm, batch 4 x 1 x 64 x 64, sigmoid): a plain step (forward, GLF,
-backward, SGD update) took 6.3-8.2 ms; an exploratory step 94-124 ms with
-``gradients="exact"`` (15x; 8 basis backward passes and 27 candidate forwards) and 80-89 ms with
-``"batch_sums"`` (12x). The naive procedure (27 deep copies, each forward, backward, step and
-forward) took 45x on the same machine.
+Every step the 27 actions (each of alpha_p, alpha_n, beta2 times 0.9, 1 or 1.1) each take one
+optimiser step from the current parameters, and the action whose updated network has the
+smallest batch-averaged Euclidean distance between prediction and label wins; its step is kept.
+Since the GLF depends on the network only through the [N, C] sums, the 27 candidate gradients
+are combinations of ``min(27, 2 N C)`` basis gradients, and the 27 updated networks are
+evaluated with ``torch.func.functional_call``: no model is ever copied.
+``gradients="batch_sums"`` trades exactness for cost when ``batch=False``. The lookahead is
+plain SGD; with ``optimizer=`` the chosen gradient goes to the optimiser. The derivation and the
+cost: docs/losses.md.
 """
 
 from __future__ import annotations
@@ -63,7 +29,7 @@ from medtune.plugins.losses.adaptive import driving_metrics
 from medtune.errors import LossError
 from medtune.plugins.losses.glf import GLFLoss
 
-#: The seed's three exploratory actions per coefficient: -10 %, keep, +10 %.
+#: Seo2021's three exploratory actions per coefficient: -10 %, keep, +10 %.
 THREE_ACTIONS = (0.9, 1.0, 1.1)
 
 
@@ -127,7 +93,7 @@ def _activate(output: Tensor, activation: str) -> Tensor:
 
 
 class GLFExploratory:
-    """Runs training steps that choose the GLF coefficients by the seed's exploratory rule.
+    """Runs training steps that choose the GLF coefficients by Seo2021's exploratory rule.
 
     Args:
         loss: a :class:`GLFLoss` built with ``adaptive="exploratory"`` and ``reduction`` "mean"
@@ -136,7 +102,7 @@ class GLFExploratory:
             distance after the chosen and after the unchanged-coefficients step).
         factors: the per-coefficient actions (default 0.9, 1, 1.1: 27 actions).
         gradients: ``"exact"`` (default) or ``"batch_sums"`` (cheaper approximation when the
-            loss has ``batch=False``; see the module docstring).
+            loss has ``batch=False``; see docs/losses.md).
         candidate_forwards: how the 27 updated networks are evaluated: ``"vmap"`` (one
             ``torch.func.vmap`` over ``functional_call``), ``"loop"`` (one ``functional_call``
             after another, same weights, no copies), or ``None`` to pick ``"vmap"`` on GPUs and

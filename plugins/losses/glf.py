@@ -1,43 +1,11 @@
-"""The generalized loss function (GLF) of seed 002, with fixed or adaptive coefficients.
+"""The generalized loss function (GLF) of Seo2021, with fixed or adaptive coefficients.
 
-Algebra. With the weighted precision P_aP = TP / (TP + alpha_p FP) and the weighted recall
-R_aN = TP / (TP + alpha_n FN), eq. 1 of the seed reads
-
-    GLF = 1 - (1 + beta2) / (1 / P_aP + beta2 / R_aN)
-        = 1 - (1 + beta2) TP / ((1 + beta2) TP + alpha_p FP + beta2 alpha_n FN),
-
-since 1 / P_aP + beta2 / R_aN = ((1 + beta2) TP + alpha_p FP + beta2 alpha_n FN) / TP. It is
-therefore the overlap ratio of :func:`medtune.kernels.glf_loss` with the (TP, FP, FN) weights
-(1 + beta2, alpha_p, beta2 alpha_n), smoothed like MONAI's losses:
-
-    GLF = 1 - ((1 + beta2) TP + smooth_nr) / ((1 + beta2) TP + alpha_p FP + beta2 alpha_n FN
-                                              + smooth_dr).
-
-Special cases (what the formulas give):
-- Dice: alpha_p = alpha_n = 1 and beta2 = 1 (weights (2, 1, 1)), exactly, smoothing included.
-- Effectiveness (F-beta): alpha_p = alpha_n = 1 with any beta2 (weights (1 + beta2, 1, beta2)),
-  exactly, smoothing included.
-- Tversky (MONAI convention, 1 - TP / (TP + alpha FP + beta FN)): any GLF is the Tversky loss
-  with alpha = alpha_p / (1 + beta2) and beta = beta2 alpha_n / (1 + beta2) (divide numerator
-  and denominator by 1 + beta2; the smoothing constants scale by the same factor). With
-  beta2 = 1 that is alpha = alpha_p / 2, beta = alpha_n / 2, i.e. the Tversky loss written with
-  a TP weight of 2, whose (alpha, beta) are exactly (alpha_p, alpha_n).
-
-Where the seed's text and formulas disagree (the code follows the formulas):
-- Sec. II.A says the GLF "collapses to the Tversky loss when beta2 = 1 with (alpha_p,
-  alpha_n) = 0". With alpha_p = alpha_n = 0 the formula gives 1 - TP / TP = 0, a constant, not
-  a Tversky loss; the Tversky family is beta2 = 1 with (alpha_p, alpha_n) free (see above).
-- It says the Effectiveness loss is obtained for (alpha_p, alpha_n) = (1, 1) "with
-  beta2 = 0". beta2 = 0 gives 1 - P, the precision loss; the Effectiveness loss is
-  (alpha_p, alpha_n) = (1, 1) with beta2 free, and beta2 = 1 within it is Dice.
-- Fig. 7's projection into the Tversky plane is printed as alpha_P,tversky =
-  2 alpha_p (1 + beta2) and alpha_N,tversky = 2 beta2 alpha_p / (1 + beta2) in the text and
-  2 beta2 alpha_p (1 + beta2) in the caption. The algebra above gives
-  2 alpha_p / (1 + beta2) and 2 beta2 alpha_n / (1 + beta2), which puts Dice at (1, 1) and
-  the Effectiveness losses on the line a + b = 2 as the caption states; see
-  :func:`medtune.plugins.losses.adaptive.tversky_projection`.
-- The Fig. 2b caption freezes alpha_p / alpha_n when <FP> > 5 / <FN> > 1; see
-  :mod:`medtune.plugins.losses.adaptive` for why we freeze below those counts by default.
+With the weighted precision P_aP = TP / (TP + alpha_p FP) and recall R_aN = TP / (TP + alpha_n
+FN), Seo2021's eq. 1, ``1 - (1 + beta2) / (1 / P_aP + beta2 / R_aN)``, is the overlap ratio of
+:class:`medtune.losses.OverlapLoss` with the (TP, FP, FN) weights (1 + beta2, alpha_p,
+beta2 alpha_n): Dice is (1, 1, 1), Effectiveness (1, 1, beta2), and any GLF is a Tversky loss.
+Where the paper's text and formulas disagree the code follows the formulas; the algebra and
+the disagreements are in docs/losses.md.
 """
 
 from __future__ import annotations
@@ -55,13 +23,13 @@ from medtune.plugins.losses.adaptive import (
     driving_metrics,
 )
 from medtune.errors import LossError
-from medtune.plugins.losses.overlap import OverlapLoss, non_negative
+from medtune.losses import OverlapLoss, non_negative
 
 ADAPTIVE = (None, "deterministic", "exploratory")
 
 
 class GLFLoss(OverlapLoss):
-    """Generalized loss ``1 - (1 + beta2) / (1 / P_aP + beta2 / R_aN)`` (seed 002, eq. 1).
+    """Generalized loss ``1 - (1 + beta2) / (1 / P_aP + beta2 / R_aN)`` (Seo2021, eq. 1).
 
     Args:
         alpha_p: weight of the false positives in the weighted precision (>= 0; 1 = Dice).
@@ -79,7 +47,7 @@ class GLFLoss(OverlapLoss):
             :class:`CoefficientBounds` or a mapping such as ``{"alpha_p": (0.1, 10)}``
             (default [0.05, 20] each); the initial values must lie inside.
         include_background, to_onehot_y, sigmoid, softmax, reduction, smooth_nr, smooth_dr,
-        batch, check_finite: as in :class:`~medtune.plugins.losses.overlap.OverlapLoss`
+        batch, check_finite: as in :class:`~medtune.losses.OverlapLoss`
             (MONAI's meanings; empty targets and NaN handling are documented there).
             ``reduction="none"`` returns [N, C, 1, ...] as the Dice loss does.
 

@@ -1,4 +1,4 @@
-"""The quality-surrogate loss (seed 000, outlook): a frozen DQE estimator scores a prediction.
+"""The quality-surrogate loss (Kofler2022, outlook): a frozen DQE estimator scores a prediction.
 
 A segmentation network's soft prediction and the image it segments go through a trained
 :class:`~medtune.plugins.quality.dqe.DQE` estimator, whose predicted star rating ``r`` becomes
@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from medtune.errors import LossError
-from medtune.plugins.losses.overlap import DiceLoss, non_negative
+from medtune.losses import non_negative
+from medtune.plugins.losses.overlap import DiceLoss
 from medtune.plugins.quality.dqe import DQE
 from medtune.plugins.quality.raters import MAX_RATING, MIN_RATING
 

@@ -1,4 +1,4 @@
-"""Neural architecture search with weight sharing (seed 001, ch. 3-4).
+"""Neural architecture search with weight sharing (Pourchot2022, ch. 3-4).
 
 The NAS-Bench-101-like cell space (:mod:`.cells`), the weight-sharing super-net trained by
 uniform single-path sampling and its variants (:mod:`.supernet`), exact batch-norm statistics

@@ -1,8 +1,8 @@
-"""Statistics and figures of a weight-sharing study (seed 001, sec. 4.3-4.4).
+"""Statistics and figures of a weight-sharing study (Pourchot2022, sec. 4.3-4.4).
 
 - :func:`spearman` - Spearman's rank correlation between proxy and standalone scores with a
   percentile-bootstrap confidence interval (table 4.3);
-- :func:`regret_curve` - the test regret of seed 001 eq. 4.1 after each evaluation;
+- :func:`regret_curve` - the test regret of Pourchot2022, eq. 4.1 after each evaluation;
 - :func:`cohens_d` and :func:`welch` - effect size (mean difference over the pooled standard
   deviation) and Welch's t-test p-value between two samples of regrets (table 4.4);
 - :func:`report_figures` - the proxy-vs-standalone scatter coloured by the number of nodes
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy import stats as scipy_stats
+
+from medtune.tasks import pyplot
 
 __all__ = ["Correlation", "cohens_d", "report_figures", "spearman", "regret_curve", "welch"]
 
@@ -69,7 +71,7 @@ def spearman(proxy: Sequence[float], standalone: Sequence[float], bootstrap: int
 
 
 def regret_curve(validation: Sequence[float], test: Sequence[float], best_test: float) -> np.ndarray:
-    """Test regret after each evaluation (seed 001, eq. 4.1).
+    """Test regret after each evaluation (Pourchot2022, eq. 4.1).
 
     ``validation[t]`` and ``test[t]`` are the scores of the t-th evaluated architecture (the
     search sees only ``validation``; higher is better); the regret at t is ``best_test`` minus
@@ -113,15 +115,6 @@ def welch(first: Sequence[float], second: Sequence[float]) -> float:
     return float(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def report_figures(trials: list, folder: Path) -> list[tuple[str, str]]:
     """Figures of a ``nas`` study written into ``folder``, as ``(file, caption)``.
 
@@ -136,7 +129,7 @@ def report_figures(trials: list, folder: Path) -> list[tuple[str, str]]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE and "proxy_bnsft" in t.metrics]
     if not complete:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     folder = Path(folder)
     firsts: dict[str, object] = {}
     for trial in sorted(complete, key=lambda t: t.id):
@@ -161,7 +154,7 @@ def report_figures(trials: list, folder: Path) -> list[tuple[str, str]]:
     plt.close(fig)
     figures.append(("nas_scatter.png", "Super-net proxy accuracy (BNS-FT top, NO-FT bottom) against "
                     "standalone accuracy from the shipped table, first super-net of each sub-space "
-                    "(seed 001, Fig. 4.3), coloured by the number of nodes feeding the output"))
+                    "(Pourchot2022, Fig. 4.3), coloured by the number of nodes feeding the output"))
     with_curves = [t for t in complete if "regret_curve_rs" in t.metrics]
     if with_curves:
         groups: dict[str, list] = {}
@@ -184,8 +177,8 @@ def report_figures(trials: list, folder: Path) -> list[tuple[str, str]]:
         fig.tight_layout()
         fig.savefig(folder / "nas_regret.png", dpi=100)
         plt.close(fig)
-        figures.append(("nas_regret.png", "Mean test regret (seed 001, eq. 4.1, x100) against search "
-                        "seconds of plain random search on the table and of weight-sharing random "
+        figures.append(("nas_regret.png", "Mean test regret (Pourchot2022, eq. 4.1, x100) against "
+                        "search seconds of plain random search on the table and of weight-sharing random "
                         "search (super-net training and proxy evaluations included), per sub-space "
-                        "(seed 001, Fig. 4.2)"))
+                        "(Pourchot2022, Fig. 4.2)"))
     return figures

@@ -1,6 +1,6 @@
 """The NAS-Bench-101-like cell search space and a standalone network built from one cell.
 
-A cell (seed 001, sec. 4.3.1; Ying et al., 2019) is a directed acyclic graph of up to 7 nodes:
+A cell (Pourchot2022, sec. 4.3.1; Ying et al., 2019) is a directed acyclic graph of up to 7 nodes:
 node 0 is the input, the last node the output, and up to 5 operation nodes in between, each
 ``conv3x3-bn-relu``, ``conv1x1-bn-relu`` or ``maxpool3x3``; at most 9 edges. A node sums its
 inputs; the output concatenates the operation nodes that feed it (their channels split the
@@ -9,8 +9,8 @@ edge (the residual) is present. Nodes that do not lie on an input-to-output path
 isomorphic cells share a canonical hash (exact: the minimum encoding over all permutations of
 the operation nodes), so enumeration and search deduplicate them.
 
-Sub-spaces as in the seed: ``A_k`` holds the cells with exactly ``k`` operation nodes feeding the
-output; ``RES`` / ``NRES`` those with / without the residual. :func:`enumerate_cells` lists
+Sub-spaces as in Pourchot2022: ``A_k`` holds the cells with exactly ``k`` operation nodes feeding
+the output; ``RES`` / ``NRES`` those with / without the residual. :func:`enumerate_cells` lists
 the unique cells of a sub-space, :func:`neighbours` and :func:`mutate` give local search and
 evolution their moves, :class:`CellSpace` exposes a sub-space as a finite
 :class:`~medtune.search.space.SearchSpace` (one categorical parameter, the cell encoding) so
@@ -268,7 +268,7 @@ def enumerate_cells(space: SubSpace) -> list[Cell]:
 
 
 def neighbours(cell: Cell, space: SubSpace | None = None) -> list[Cell]:
-    """Cells one move away (seed 001, sec. 4.3.3), canonical and unique, ``cell`` excluded.
+    """Cells one move away (Pourchot2022, sec. 4.3.3), canonical and unique, ``cell`` excluded.
 
     Moves: change one node's operation; add or remove one edge; insert a new node (any
     operation) on an existing edge. Only cells of ``space`` (default: the whole cell space) are
@@ -344,7 +344,7 @@ class CellSpace:
 
     ``search_space`` has one categorical parameter ``cell`` whose values are the canonical
     encodings of the unique cells, so random search, grid search and the table replay run
-    unchanged; its ``neighbours`` and ``mutate`` are the cell-graph moves of seed 001 (see
+    unchanged; its ``neighbours`` and ``mutate`` are the cell-graph moves of Pourchot2022 (see
     :func:`neighbours`, :func:`mutate`), so the local (greedy hill-climbing) and evolution
     searchers move through the graph space instead of jumping between unrelated cells.
     """

@@ -1,32 +1,14 @@
-"""OFA-like elastic super-net for 2D image classification and its search space (seed 001, ch. 5).
+"""OFA-like elastic super-net for 2D classification and its search space (Pourchot2022, ch. 5).
 
-The super-net is a stem followed by stages of inverted-residual blocks (pointwise expand ->
-depthwise k x k -> pointwise project, batch norm after each, ReLU6 after the first two, a
-residual connection when stride and width allow) and a classification head (global average
-pooling and a linear layer). Every convolution runs through :func:`medtune.kernels.supernet_conv`
-on the shared weight; an architecture chooses, per stage, its depth (the first 2, 3 or 4 blocks
-run) and, per block, the expand ratio (3, 4 or 6: the hidden width is ``ratio x input width``,
-the first channels of the shared layers) and the depthwise kernel size (3, 5 or 7). As in OFA,
-a smaller kernel is the centre crop of the next larger (transformed) kernel multiplied by a
-learned ``k^2 x k^2`` transformation matrix, shared by the channels of a layer and initialised
-to the identity (``kernel_transform=False``: plain centre crops).
-
-:meth:`ElasticSuperNet.forward` runs one architecture on the whole batch, or different
-architectures on consecutive slices of one batch (``archs=[(arch, n_samples), ...]``): every
-layer is then one op call whose segments carry each slice's sub-path. The exceptions are a
-depthwise layer whose slices use different transformed kernel sizes (one call per run of equal
-kernel sizes; without kernel transformation it is always one call) and a block that some slices
-skip (it runs on the slices that use it). Batch norm has elastic width too:
-:class:`ElasticBatchNorm2d` normalises ``C`` channels with the first ``C`` entries of its
-parameters and running buffers, which is what :mod:`medtune.plugins.nas.recalibration`
-accumulates into and swaps. In training mode each slice is normalised by its own statistics.
-
-:class:`ElasticSpace` is the architecture space: sample, neighbours, mutate (the (1+1)-ES move),
-and encode/decode to the flat config dicts of a :class:`medtune.search.space.SearchSpace` (one
-ordinal parameter per stage depth, per block expand ratio and kernel size; the parameters of
-block ``b`` are active only when the stage's depth exceeds ``b``), so medtune's random, local and
-evolution searchers run on it unchanged. :meth:`ElasticSuperNet.export` builds a standalone
-plain-PyTorch network (``nn.Conv2d`` / ``nn.BatchNorm2d``) with the inherited weights.
+Stages of inverted-residual blocks whose every convolution runs through
+:func:`medtune.kernels.supernet_conv` on the shared weight. An architecture chooses per stage its
+depth (2, 3 or 4 blocks) and per block the expand ratio (3, 4 or 6: the first channels of the
+shared layers) and the depthwise kernel size (3, 5 or 7: as in OFA, a centre crop times a
+learned transformation matrix). :meth:`ElasticSuperNet.forward` runs one architecture, or
+different architectures on consecutive slices of one batch in one op call per layer.
+:class:`ElasticSpace` is the architecture space, encoded as the flat configs of a
+:class:`medtune.search.space.SearchSpace` so that medtune's searchers run on it unchanged.
+The architecture in detail: docs/nas.md.
 """
 
 from __future__ import annotations

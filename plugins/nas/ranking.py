@@ -1,25 +1,13 @@
 """Rank many architectures of an elastic super-net at once, sharing the work their paths share.
 
-Proxy evaluation (seed 001, sec. 3.4.2, BNS-FT) recalibrates the batch-norm statistics of each
-architecture and evaluates it. Done one architecture at a time, every architecture pays for the
-whole network twice (recalibration pass, evaluation pass). But a layer's output, and the
-statistics its batch norm recalibrates to, depend only on the choices made before it, so
-architectures that begin with the same choices share them exactly. :func:`evaluate_architectures`
-walks the architectures as a trie of their executed blocks (depth first, so memory stays that of
-one path whatever the number of architectures):
-
-- the stem runs once for all architectures;
-- at each node, the children that enter the same block share its 1x1 expansion, computed once at
-  the widest expand ratio they use (elastic width is the first channels, and convolution and
-  batch norm act per output channel, so a narrower ratio is a prefix of the wider result);
-- children with the same kernel size share the depthwise convolution likewise;
-- only the projection runs once per child.
-
-Every layer runs through the super-net's own modules (:func:`medtune.kernels.supernet_conv` on
-the shared weights, nothing copied), with the recalibration and evaluation batch-norm steps of
-:mod:`medtune.plugins.nas.recalibration`, so the logits are those of recalibrating and evaluating
-each architecture on its own (equal up to floating-point rounding of the wider convolutions, and
-the accuracies equal).
+Proxy evaluation (Pourchot2022, sec. 4.3.2, BNS-FT) recalibrates the batch-norm statistics of
+each architecture and evaluates it. A layer's output, and the statistics its batch norm
+recalibrates to, depend only on the choices made before it, so :func:`evaluate_architectures`
+walks the architectures as a trie of their executed blocks (depth first, so memory stays that
+of one path) and computes each shared prefix once: the stem once, a block's expansion once at
+the widest ratio its children use, the depthwise convolution once per kernel size. The logits
+equal those of recalibrating and evaluating each architecture on its own, up to floating-point
+rounding. Details: docs/nas.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,13 @@
 """Batch-norm statistics recalibration of one architecture of a weight-sharing super-net.
 
-A super-net's running statistics are shared by every sub-network and match none of them; seed 001
-(sec. 3.4.2, BNS-FT) recomputes them per architecture before evaluating it. This module does it
-exactly and without side effects:
-
-- :func:`recalibrate` runs forward passes in which every batch-norm layer normalises by the
-  current batch statistics (as in training) while recording the exact per-channel mean and
-  variance of its input over all batches and pixels (each batch's statistics come out of the
-  normalisation itself and are combined in float64). Running buffers, ``num_batches_tracked``,
-  parameters and training flags are never touched and the model is never copied.
-- :func:`normalise_by_batch` and :func:`normalise_by_statistics` are the two batch-norm steps
-  (recalibration, evaluation) as functions, for callers that run the layers themselves
-  (:mod:`medtune.plugins.nas.ranking`).
-- :func:`use_statistics` swaps the recalibrated statistics into the running buffers (the first
-  ``C`` entries, so layers of elastic width that use a prefix of their channels work too) for
-  evaluation and restores the buffers afterwards.
-- :class:`StatisticsCache` keeps the statistics of the most recently used architectures.
-
-Variance convention: :class:`LayerStatistics` holds the biased (population) variance of the
-whole recalibration set, ``var``; ``unbiased_var`` divides by ``count - 1`` instead.
-:func:`use_statistics` writes ``unbiased_var`` into ``running_var``, PyTorch's convention for
-that buffer.
+A super-net's running statistics are shared by every sub-network and match none of them;
+Pourchot2022 (sec. 4.3.2, BNS-FT) recomputes them per architecture before evaluating it.
+:func:`recalibrate` does it exactly (per-channel statistics of every batch combined in float64)
+and without side effects: running buffers, parameters and training flags are never touched and
+the model is never copied. :func:`use_statistics` swaps the recalibrated statistics into the
+running buffers for evaluation (the first ``C`` entries, for layers of elastic width) and
+restores them; it writes the unbiased variance, PyTorch's convention for ``running_var``.
+The two batch-norm steps as functions, the cache and the variance convention: docs/nas.md.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""The weight-sharing super-net over the cell space and its training and evaluation (seed 001).
+"""The weight-sharing super-net over the cell space and its training and evaluation (Pourchot2022).
 
 Every node of a super-cell holds all three operations at full width and every possible edge
 exists; an architecture (a :class:`~medtune.plugins.nas.cells.Cell`) is a sub-graph: its operation
 nodes map, in canonical order, to the first super-nodes, and each node uses the first ``w``
 channels of its filter bank (NAS-Bench-101 splits a cell's output channels between the nodes
-feeding the output, so widths vary over architectures; seed 001, sec. 4.3.1, inherits the first
+feeding the output, so widths vary over architectures; Pourchot2022, sec. 4.3.1, inherits the first
 filters). Weights are sliced, never copied; batch-norm layers of elastic width use the prefix
 of their parameters and running statistics.
 
@@ -289,7 +289,7 @@ def sampling_weights(cells: Sequence[Cell], sampling: str, supernet: SuperNet) -
 def train_supernet(supernet: SuperNet, cells: Sequence[Cell], train: tuple[torch.Tensor, torch.Tensor],
                    settings: SupernetTraining = SupernetTraining(), seed: int = 0,
                    progress: bool = False) -> dict[str, float]:
-    """Train ``supernet`` by single-path sampling over ``cells`` (seed 001, sec. 4.3.2).
+    """Train ``supernet`` by single-path sampling over ``cells`` (Pourchot2022, sec. 4.3.2).
 
     Each step draws ``settings.paths`` cells (uniformly or pro-rata to parameters), averages
     their cross-entropy gradients on the same mini-batch and takes one Adam step (cosine

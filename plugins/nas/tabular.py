@@ -250,7 +250,7 @@ def tabulated_objective(table: NasTable, space: SubSpace | None = None, values: 
 
     The searched value is the validation accuracy (maximised) unless ``values`` maps cell hashes
     to another score (e.g. a super-net proxy); the held-out ``test`` values are the test
-    accuracies, so replays report the regret of seed 001 eq. 4.1.
+    accuracies, so replays report the regret of Pourchot2022, eq. 4.1.
     """
     from medtune.search.replay import TabulatedObjective
 

@@ -1,4 +1,4 @@
-"""Segmentation quality estimation (seed 000): the DQE estimator, the brain-tumour phantom with
+"""Segmentation quality estimation (Kofler2022): the DQE estimator, the brain-tumour phantom with
 segmentations of controlled quality, simulated raters and a loader for real ratings."""
 
 from medtune.plugins.quality.brain_tumour import (

@@ -1,4 +1,4 @@
-"""The training augmentation of the DQE estimator (seed 000, sec. 2), built from MONAI transforms.
+"""The training augmentation of the DQE estimator (Kofler2022, sec. 2), built from MONAI transforms.
 
 Spatial transforms act on the image and label channels together (flips, a small rotation and
 scaling, an elastic deformation; labels are resampled with the image, so soft label borders

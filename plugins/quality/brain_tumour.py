@@ -1,24 +1,12 @@
 """The brain-tumour phantom: four synthetic MR contrasts with a glioma, and weaker segmentations.
 
-A stand-in for the BraTS exams of seed 000. Anatomy comes from the MNI152 template that the
-nilearn package ships (grey matter, white matter and brain mask at 2 mm, no download), cropped
-to the brain and resampled to a cube of ``image_size`` voxels (48 by default for CPU runs).
-Without nilearn a procedural head of nested ellipsoids stands in (with one warning).
-
-Per exam (a deterministic function of ``(seed, index)``):
-
-- a tumour centred at a random white-matter voxel: a necrotic / non-enhancing core (label 1),
-  an enhancing rim (label 4) and surrounding oedema (label 2) confined to the brain - BraTS
-  label values 1, 2, 4; the shells are made irregular by a smooth random field;
-- optional mass effect: the anatomy is pushed radially away from the tumour
-  (``mass_effect`` is the push at the tumour border as a fraction of its radius);
-- T1, T1c, T2 and FLAIR-like images: a tissue intensity per contrast (CSF, grey and white
-  matter, the three tumour tissues; see :data:`CONTRASTS`), a smooth multiplicative bias
-  field and Gaussian noise.
-
-:func:`degrade` makes segmentations of controlled quality as weaker algorithms produce them:
-eroded, dilated, shifted, a tissue partly missed, a part of the tumour missed, tissues swapped,
-or noise blobs added, each with a ``severity`` in [0, 1].
+A stand-in for the BraTS exams of Kofler2022. Anatomy comes from the MNI152 template that the
+nilearn package ships (no download), cropped to the brain and resampled to a cube of
+``image_size`` voxels; without nilearn a procedural head stands in (with one warning). Each exam
+(a deterministic function of ``(seed, index)``) has a tumour with BraTS labels 1, 2, 4,
+optional mass effect, and T1, T1c, T2 and FLAIR-like images. :func:`degrade` makes
+segmentations of controlled quality as weaker algorithms produce them. Details:
+docs/quality.md.
 """
 
 from __future__ import annotations

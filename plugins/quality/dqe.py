@@ -1,31 +1,13 @@
-"""Deep quality estimation (DQE, seed 000): a 2D DenseNet that predicts a segmentation's star rating.
+"""Deep quality estimation (DQE, Kofler2022): a 2D DenseNet that predicts a segmentation's rating.
 
-The estimator sees centre-of-mass slices of a segmentation (the slices through the
-segmentation's centre of mass, or through the image centre when it is empty) in the three
-views - sagittal, coronal, axial (axes 0, 1, 2 of the volume) - each slice holding the image
-contrasts and the segmentation, and predicts a rating per view; a case's rating is the mean over
-the views. The segmentation is encoded as one tissue-label channel (``"tissue"``: background 0,
-necrosis 1/3, oedema 2/3, enhancing 1) or as the three BraTS region channels (``"brats"``:
-enhancing tumour, tumour core, whole tumour). Images are normalised per channel by their
-minimum and maximum (``"minmax"``) or by their 0.5 and 99.5 percentiles, clipped
-(``"percentile"``, nnU-Net's scheme). Training minimises the MSE against the mean rating.
-
-The network is MONAI's DenseNet121 or DenseNet201 (``spatial_dims=2``, one output): the block
-configurations (6, 12, 24, 16) and (6, 12, 48, 32) of the two depths, with MONAI's widths
-(``init_features=64``, ``growth_rate=32``) by default; smaller widths keep the depths and make a
-CPU-scale training affordable. The network regresses the standardised rating: its output ``o``
-maps to ``mean + scale * o``, where ``mean`` and ``scale`` are the mean and standard deviation
-of the training ratings (before training, the middle and half range of the 1-6 scale).
-Training uses a one-cycle learning-rate schedule (warm-up, then cosine annealing to zero) or a
-constant rate. After training, the batch-norm statistics are re-estimated on the un-augmented
-training slices (:meth:`DQE.recalibrate`): while the weights still move, the running averages
-lag behind them, and eval-mode predictions are shifted by up to several stars even when they
-rank the cases well. Optimisers: Adam, AdamW and SGD with momentum 0.95 (seed 000 also uses
-Ranger21, which is not part of PyTorch and is not offered).
-
-Checkpoints (:meth:`DQE.save`, :meth:`DQE.load`) hold a state dict and a small JSON header of the
-settings; they are read with ``torch.load(weights_only=True)``, so a file that would run code
-when unpickled is refused.
+The estimator sees the centre-of-mass slices of a segmentation in the three views, each slice
+holding the image contrasts and the segmentation (one tissue-label channel, ``"tissue"``, or
+the three BraTS region channels, ``"brats"``), predicts a rating per view and averages them.
+The network is MONAI's DenseNet121 or DenseNet201 regressing the standardised rating with the
+MSE. After training the batch-norm statistics are re-estimated on the un-augmented training
+slices (:meth:`DQE.recalibrate`), since the lagging running averages shift eval-mode ratings.
+Checkpoints are read with ``torch.load(weights_only=True)``. Inputs, normalisation, optimisers
+and where this departs from Kofler2022: docs/quality.md.
 """
 
 from __future__ import annotations

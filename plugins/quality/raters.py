@@ -4,7 +4,7 @@ Simulated raters (:class:`RaterPanel`) give 1-6 star ratings as a monotone funct
 a segmentation matches the truth - Dice, surface Dice and the 95th-percentile Hausdorff distance
 of the three BraTS regions (:func:`segmentation_quality`, computed with :mod:`medtune.metrics`)
 - plus each rater's own offset (a lenient or strict rater) and noise level, rounded to whole
-stars, as seed 000's neuroradiologists rate.
+stars, as Kofler2022's neuroradiologists rate.
 
 Real ratings (:func:`load_rated_folder`) are read from a folder::
 
@@ -29,7 +29,7 @@ import numpy as np
 from medtune.metrics import dice, hausdorff95, surface_dice
 from medtune.plugins.quality.cases import Case, QualityError, region_mask
 
-#: The rating scale of seed 000: 1 star (very bad) to 6 stars (very good).
+#: The rating scale of Kofler2022: 1 star (very bad) to 6 stars (very good).
 MIN_RATING, MAX_RATING = 1.0, 6.0
 #: How much each BraTS region weighs in :func:`segmentation_quality`.
 REGION_WEIGHTS = {"enhancing_tumour": 0.3, "tumour_core": 0.3, "whole_tumour": 0.4}
@@ -86,7 +86,7 @@ class RaterPanel:
 
 
 def rater_mae(ratings: np.ndarray) -> float:
-    """Seed 000's reference: the mean absolute error of individual raters against the mean
+    """Kofler2022's reference: the mean absolute error of individual raters against the mean
     rating of each segmentation (averaged over raters and segmentations, NaN = not rated)."""
     ratings = np.asarray(ratings, dtype=float)
     mean = np.nanmean(ratings, axis=1, keepdims=True)

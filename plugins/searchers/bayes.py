@@ -1,4 +1,4 @@
-"""Bayesian optimisation with a Gaussian process (seed 004, sec. 2.2, 2.3, 2.5 and 2.6.3).
+"""Bayesian optimisation with a Gaussian process (Bertrand2019, sec. 2.2, 2.3, 2.5 and 2.6.3).
 
 After ``n_initial`` random configurations, each suggestion maximises an acquisition function
 (expected improvement by default; probability of improvement or UCB) of a GP surrogate
@@ -10,11 +10,11 @@ Cost per suggestion. Kernel hyper-parameters are refit by marginal likelihood (G
 L-BFGS, warm start plus ``restarts`` random starts, on at most ``fit_subsample`` points) only
 on a schedule: when the observations told since the last fit reach
 ``max(refit_every, refit_growth · n_at_last_fit)``. Between refits each observation is appended
-to the Cholesky factor and its inverse with ``chol_append`` in O(n²) (seed 004, sec. 2.3), so a
-suggestion costs one pass of the fused ``gp_acquisition`` op over the candidates.
+to the Cholesky factor and its inverse with ``chol_append`` in O(n²) (Bertrand2019, sec. 2.3),
+so a suggestion costs one pass of the fused ``gp_acquisition`` op over the candidates.
 
 Candidates. On a finite space of at most ``finite_limit`` configurations every configuration
-not tried yet is scored at every step (seed 004, sec. 2.6.3: 34,300 models). Otherwise the
+not tried yet is scored at every step (Bertrand2019, sec. 2.6.3: 34,300 models). Otherwise the
 candidates are ``candidates`` scrambled Sobol points plus ``local_candidates`` perturbations of
 the best observations (past 300 observations the Sobol share shrinks as 1/n, to no fewer
 than 256, to bound the O(n²)-per-candidate cost, and so does the refinement's iteration
@@ -27,18 +27,19 @@ Parallel suggestions. When results are pending, the pending configurations enter
 fantasies, appended with ``chol_append`` and dropped after the suggestion (an O(1) truncation):
 
 - ``parallel="liar"`` (constant liar): each pending point is told ``liar`` = ``"worst"``
-  (default: the seed's "low performance", which pushes the next suggestion away), ``"mean"``
-  or ``"best"`` of the observed values;
+  (default: the "low performance" of Bertrand2019, which pushes the next suggestion away),
+  ``"mean"`` or ``"best"`` of the observed values;
 - ``parallel="believer"`` (Kriging believer): each is told the model's own prediction;
-- ``parallel="sample"``: the seed's normalised-EI sampling (sec. 2.5.2): the suggestion is
-  drawn with probability proportional to its expected improvement, with no fantasies. The seed
-  found the resulting distribution close to uniform (sec. 2.5.4); it is here to reproduce that.
+- ``parallel="sample"``: the normalised-EI sampling of Bertrand2019 (sec. 2.5.2): the suggestion
+  is drawn with probability proportional to its expected improvement, with no fantasies.
+  Bertrand2019 found the resulting distribution close to uniform (sec. 2.5.4); it is here to
+  reproduce that.
 
 Every model-based suggestion carries ``tag["model"]``: the prediction made when it was asked
-(``mean`` and ``std`` of the value, observation noise included, in the told direction and
-units), the ``acquisition`` value, the number of observations and the relevance (inverse
-length-scale, the largest of a category's columns) of each parameter. Reports plot them
-against the observed values.
+(``mean`` and ``std`` of the score the searcher minimises - the value, negated when it
+maximises - observation noise included), the ``acquisition`` value, the number of
+observations and the relevance (inverse length-scale, the largest of a category's columns) of
+each parameter. Reports plot them against the observed values.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medtune.plugins.searchers.base import Proposal, Searcher, SearcherError, Suggestion
+from medtune.search.searcher import Proposal, Searcher, SearcherError, Suggestion
 from medtune.search.gp import (
     DTYPE,
     KERNELS,
@@ -112,8 +113,7 @@ class BayesSearcher(Searcher):
     def __init__(
         self,
         space: SearchSpace | Mapping[str, Any],
-        seed: int = 0,
-        direction: str = "minimize",
+        *,
         kernel: str = "matern52",
         acquisition: str = "ei",
         xi: float = 0.0,
@@ -130,9 +130,9 @@ class BayesSearcher(Searcher):
         finite_limit: int = 200_000,
         parallel: str = "liar",
         liar: str = "worst",
-        **options: Any,
+        **shared: Any,
     ) -> None:
-        super().__init__(space, seed=seed, direction=direction, **options)
+        super().__init__(space, **shared)
         self.kernel = _choice("kernel", kernel, KERNELS)
         self.acquisition = _choice("acquisition", acquisition, ACQUISITIONS)
         self.parallel = _choice("parallel", parallel, PARALLEL)
@@ -202,8 +202,7 @@ class BayesSearcher(Searcher):
             ):
                 raise SearcherError(f"bayes: warm_start value for {config} must be a finite "
                                     f"number, got {value!r}")
-            checked.append((config, float(value) if self.direction == "minimize"
-                            else -float(value)))
+            checked.append((config, self._as_score(float(value))))
         for config, score in checked:
             self._mark(config)
             if self._worst_score is None or score > self._worst_score:
@@ -439,14 +438,13 @@ class BayesSearcher(Searcher):
 
     def _details(self, score: torch.Tensor, mean: torch.Tensor,
                  variance: torch.Tensor) -> dict[str, Any]:
-        sign = 1.0 if self.direction == "minimize" else -1.0
         relevance = self.gp.relevance()
         by_parameter = {
             p.name: float(relevance[self.encoder.slice_of(p.name)].max())
             for p in self.space.parameters
         }
         return {
-            "mean": sign * (float(mean) * self.gp.y_scale + self.gp.y_mean),
+            "mean": float(mean) * self.gp.y_scale + self.gp.y_mean,
             "std": math.sqrt(float(variance) + self.gp.hyper.noise) * self.gp.y_scale,
             "acquisition": float(score),
             "observations": len(self._scores),

@@ -1,17 +1,17 @@
-"""Hyperband whose configurations come from a Gaussian process (seed 004, sec. 2.5).
+"""Hyperband whose configurations come from a Gaussian process (Bertrand2019, sec. 2.5).
 
 Brackets, rungs and promotions are those of :mod:`~medtune.plugins.searchers.hyperband`; only
 the configurations that start a bracket are chosen differently. Every result, at every rung,
 is given to the model with its resource. Two modes:
 
-- ``mode="budget"`` (the seed's, sec. 2.5.2): the training budget is one more GP input (its
+- ``mode="budget"`` (Bertrand2019, sec. 2.5.2): the training budget is one more GP input (its
   log, scaled to [0, 1] over [smallest rung resource, R]), so every evaluation of every rung is
   an observation of one model. A candidate is scored at the resource of the bracket's first
   rung (the evaluation it is proposed for), and improvements are measured from the best value
-  observed at that resource. The seed used the squared-exponential kernel and sampled from the
-  normalised EI (``kernel="rbf", parallel="sample"``); the defaults here are Matérn 5/2 and
-  constant-liar batches, because of what the seed found (sec. 2.5.4: the normalised-EI
-  distribution is close to uniform).
+  observed at that resource. Bertrand2019 used the squared-exponential kernel and sampled from
+  the normalised EI (``kernel="rbf", parallel="sample"``); the defaults here are Matérn 5/2 and
+  constant-liar batches, because of what it found (sec. 2.5.4: the normalised-EI distribution
+  is close to uniform).
 - ``mode="per_budget"`` (as BOHB, Falkner et al. 2018): one model per resource level, fit on
   the results at the largest resource that has at least ``min_points`` of them (default: the
   encoded dimension + 2); below that everywhere, configurations are random.
@@ -20,11 +20,8 @@ In both modes a fraction ``random_fraction`` of the configurations is drawn at r
 1/3 by default), which keeps the search consistent when the model is wrong. The suggestion
 that starts a configuration carries ``tag["model"]`` as the ``bayes`` searcher's (with the
 ``resource`` the prediction is for), next to Hyperband's keys. The default, ``per_budget``, is
-the mode that measured better in ``python -m benchmarks.search`` on the 34,300-configuration
-table (20 seeds, R = 27): the same median resource to a top-1 % configuration (207 epochs) but
-a worst case of 288 against 630, and better best ranks after two to four Hyperband iterations
-(worst 59, 22, 13 against 214, 214, 27); both are far ahead of Hyperband with random proposals
-(526.5 epochs; worst rank 415 after four iterations).
+the mode that measured better in ``python -m benchmarks.search`` (docs/search.md has the
+numbers).
 """
 
 from __future__ import annotations
@@ -35,9 +32,9 @@ from typing import Any
 
 import torch
 
-from medtune.plugins.searchers.base import Proposal, SearcherError, Suggestion
 from medtune.plugins.searchers.bayes import BayesSearcher
-from medtune.plugins.searchers.hyperband import HyperbandSearcher, _Bracket
+from medtune.plugins.searchers.hyperband import HyperbandSearcher, _Bracket, bracket_plan
+from medtune.search.searcher import Proposal, SearcherError, Suggestion, split_options
 from medtune.search.gp import DTYPE, GaussianProcess
 from medtune.search.space import SearchSpace
 
@@ -49,10 +46,10 @@ class _BudgetModel(BayesSearcher):
 
     name = "bohb"
 
-    def __init__(self, space: SearchSpace, seed: int, direction: str, mode: str,
+    def __init__(self, space: SearchSpace | Mapping[str, Any], *, mode: str,
                  resources: list[float], random_fraction: float, min_points: int | None,
                  **options: Any) -> None:
-        super().__init__(space, seed=seed, direction=direction, n_initial=1, **options)
+        super().__init__(space, n_initial=1, **options)
         self.mode = mode
         self.random_fraction = random_fraction
         self.min_points = self.encoder.dim + 2 if min_points is None else min_points
@@ -168,8 +165,9 @@ class BOHBSearcher(HyperbandSearcher):
         mode: ``"per_budget"`` or ``"budget"`` (see the module docstring).
         random_fraction: share of configurations drawn at random.
         min_points: results a model needs before it is used.
-        **bayes_options: options of the ``bayes`` searcher (kernel, acquisition, parallel,
-            restarts, candidates, ...).
+        **options: the :class:`~medtune.search.Searcher` arguments (all but ``max_trials``
+            apply to the model too), and options of the ``bayes`` searcher (kernel,
+            acquisition, parallel, restarts, candidates, ...).
     """
 
     name = "bohb"
@@ -177,8 +175,7 @@ class BOHBSearcher(HyperbandSearcher):
     def __init__(
         self,
         space: SearchSpace | Mapping[str, Any],
-        seed: int = 0,
-        direction: str = "minimize",
+        *,
         R: float = 81,
         eta: float = 3,
         mode: str = "per_budget",
@@ -186,10 +183,7 @@ class BOHBSearcher(HyperbandSearcher):
         min_points: int | None = None,
         iterations: int | None = None,
         overlap_brackets: bool = True,
-        on_failure: str = "exclude",
-        penalty: float | None = None,
-        max_trials: int | None = None,
-        **bayes_options: Any,
+        **options: Any,
     ) -> None:
         if mode not in MODES:
             raise SearcherError(f"bohb: mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -197,16 +191,14 @@ class BOHBSearcher(HyperbandSearcher):
             raise SearcherError(f"bohb: random_fraction must be in [0, 1], got {random_fraction!r}")
         if min_points is not None and (not isinstance(min_points, int) or min_points < 2):
             raise SearcherError(f"bohb: min_points must be an integer >= 2, got {min_points!r}")
-        if isinstance(space, Mapping):
-            space = SearchSpace.from_dict(space)
-        from medtune.plugins.searchers.hyperband import bracket_plan
-
+        shared, bayes_options = split_options(options)
         resources = [r for plan in bracket_plan(R, eta) for _, r in plan.rungs]
-        model = _BudgetModel(space, seed, direction, mode, resources, float(random_fraction),
-                             min_points, on_failure=on_failure, penalty=penalty, **bayes_options)
-        super().__init__(space, seed=seed, direction=direction, R=R, eta=eta, searcher=model,
-                         iterations=iterations, overlap_brackets=overlap_brackets,
-                         on_failure=on_failure, penalty=penalty, max_trials=max_trials)
+        delegated = {k: v for k, v in shared.items() if k != "max_trials"}
+        model = _BudgetModel(space, mode=mode, resources=resources,
+                             random_fraction=float(random_fraction), min_points=min_points,
+                             **delegated, **bayes_options)
+        super().__init__(model.space, R=R, eta=eta, searcher=model, iterations=iterations,
+                         overlap_brackets=overlap_brackets, **shared)
         self.mode = mode
         self.model = model
 

@@ -1,14 +1,14 @@
-"""(1+1) evolution strategy with a decaying mutation rate (seed 001, ch. 5.3.4).
+"""(1+1) evolution strategy with a decaying mutation rate (Pourchot2022, ch. 5.3.4).
 
 At any time the searcher proposes a child of the best configuration found so far (the
 *parent*): each active parameter mutates with probability p (see
 :meth:`medtune.search.SearchSpace.mutate`), and the child replaces the parent when it is at
 least as good. To keep early search from sticking to the start point, p decays over the
 ``budget`` trials from ``initial_rate`` (1: every parameter mutates) to ``final_rate``
-(default 1/d for d parameters: one mutation on average), as the seed does after brain storm
+(default 1/d for d parameters: one mutation on average), as Pourchot2022 does after brain storm
 optimisation. Proposals never repeat a configuration already proposed.
 
-The first proposal is ``start`` when given (the seed starts from a known good model), a
+The first proposal is ``start`` when given (Pourchot2022 starts from a known good model), a
 random draw otherwise; until a first result arrives, further asks are random draws, so
 parallel workers are never idle.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from medtune.plugins.searchers.base import Proposal, Searcher, SearcherError, Suggestion
+from medtune.search.searcher import Proposal, Searcher, SearcherError, Suggestion
 from medtune.search.space import SearchSpace, UniqueSampler
 
 SCHEDULES = ("linear", "geometric")
@@ -38,7 +38,8 @@ class EvolutionSearcher(Searcher):
             parameter's (log-)range.
         retries: mutations tried before giving up on finding an unseen child; a random
             unseen configuration is proposed instead.
-        The other arguments are the :class:`Searcher` ones.
+        The other arguments are the :class:`Searcher` ones (``max_trials`` defaults to
+        ``budget``).
     """
 
     name = "evolution"
@@ -46,8 +47,7 @@ class EvolutionSearcher(Searcher):
     def __init__(
         self,
         space: SearchSpace | Mapping[str, Any],
-        seed: int = 0,
-        direction: str = "minimize",
+        *,
         budget: int = 100,
         start: Mapping[str, Any] | None = None,
         initial_rate: float = 1.0,
@@ -55,12 +55,12 @@ class EvolutionSearcher(Searcher):
         schedule: str = "linear",
         scale: float = 0.2,
         retries: int = 100,
-        **options: Any,
+        **shared: Any,
     ) -> None:
         if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
             raise SearcherError(f"evolution: budget must be an integer >= 1, got {budget!r}")
-        options.setdefault("max_trials", budget)
-        super().__init__(space, seed=seed, direction=direction, **options)
+        shared.setdefault("max_trials", budget)
+        super().__init__(space, **shared)
         dimension = len(self.space.names)
         final_rate = 1.0 / dimension if final_rate is None else final_rate
         for label, rate in (("initial_rate", initial_rate), ("final_rate", final_rate)):
@@ -98,7 +98,7 @@ class EvolutionSearcher(Searcher):
         if self._parent is None:
             return None
         score, config = self._parent
-        return dict(config), (score if self.direction == "minimize" else -score)
+        return dict(config), self._as_value(score)
 
     def _propose(self) -> Proposal | None:
         trial = self.asked

@@ -1,10 +1,11 @@
-"""Grid search (seed 004, sec. 2.1.2.1): every configuration of a finite space, in order.
+"""Grid search (Bertrand2019, sec. 2.1.2.1): every configuration of a finite space, in order.
 
 Configurations come in nested-loop order, the first parameter varying slowest (see
 :meth:`medtune.search.SearchSpace.enumerate`). Floats are discretised into ``grid_points``
 evenly spaced values (geometrically for log-scale floats), bounds included. With ``repeats``
 each configuration is proposed that many times in a row (each trial gets its own seed), so a
-study can report a mean and a spread per configuration, as the seeds' tables do.
+study can report a mean and a spread per configuration, as results tables do (e.g. the sweep of
+the L2 weight in Rukundo2021).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from medtune.plugins.searchers.base import Proposal, Searcher, SearcherError
+from medtune.search.searcher import Proposal, Searcher, SearcherError
 from medtune.search.space import Float, SearchSpace
 
 
@@ -32,13 +33,12 @@ class GridSearcher(Searcher):
     def __init__(
         self,
         space: SearchSpace | Mapping[str, Any],
-        seed: int = 0,
-        direction: str = "minimize",
+        *,
         grid_points: int | Mapping[str, int] | None = None,
         repeats: int = 1,
-        **options: Any,
+        **shared: Any,
     ) -> None:
-        super().__init__(space, seed=seed, direction=direction, **options)
+        super().__init__(space, **shared)
         if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
             raise SearcherError(f"grid: repeats must be an integer >= 1, got {repeats!r}")
         self.repeats = repeats

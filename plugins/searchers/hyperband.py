@@ -1,4 +1,4 @@
-"""Hyperband (seed 004, sec. 2.5.1; Li et al. 2017): successive halving over brackets.
+"""Hyperband (Bertrand2019, sec. 2.5.1; Li et al. 2017): successive halving over brackets.
 
 With a maximum resource ``R`` per configuration (epochs, minutes) and a reduction factor
 ``eta``, Hyperband runs s_max + 1 brackets, s_max = floor(log_eta R), from the most
@@ -15,7 +15,8 @@ eta = 3 (Li et al., table 1)::
     s = 0: (5, 81)
 
 Configurations are proposed by another searcher (``searcher="random"`` by default; any name
-of kind ``searcher`` works, with its options passed through). Each rung's evaluations are
+of kind ``searcher`` works, with its options passed through, and it is built with this
+searcher's seed, direction and failure policy). Each rung's evaluations are
 separate suggestions whose ``resource`` is r_i and whose ``tag`` holds the ``iteration``,
 ``bracket`` (s), ``rung`` (i), ``promoted_from`` (the id of the suggestion at the previous
 rung) and ``origin`` (the id at rung 0). Results may arrive in any order: a rung is decided
@@ -36,7 +37,13 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from medtune.plugins.searchers.base import Proposal, Searcher, SearcherError, Suggestion
+from medtune.search.searcher import (
+    Proposal,
+    Searcher,
+    SearcherError,
+    Suggestion,
+    split_options,
+)
 from medtune.search.space import SearchSpace
 
 
@@ -126,9 +133,9 @@ class HyperbandSearcher(Searcher):
             searcher is exhausted or ``max_trials`` is reached).
         overlap_brackets: start the next bracket while the current one waits for results, so
             that parallel workers stay busy (brackets are otherwise run one after the other).
-        **sub_options: options of the proposing searcher (e.g. ``grid_points`` for "grid").
-        The other arguments are the :class:`Searcher` ones; ``on_failure`` and ``penalty``
-        apply to the proposing searcher too.
+        **options: the :class:`Searcher` arguments (all but ``max_trials`` apply to the
+            proposing searcher too), and the options of the proposing searcher (e.g.
+            ``grid_points`` for "grid").
     """
 
     name = "hyperband"
@@ -136,20 +143,16 @@ class HyperbandSearcher(Searcher):
     def __init__(
         self,
         space: SearchSpace | Mapping[str, Any],
-        seed: int = 0,
-        direction: str = "minimize",
+        *,
         R: float = 81,
         eta: float = 3,
         searcher: str | Searcher = "random",
         iterations: int | None = 1,
         overlap_brackets: bool = True,
-        on_failure: str = "exclude",
-        penalty: float | None = None,
-        max_trials: int | None = None,
-        **sub_options: Any,
+        **options: Any,
     ) -> None:
-        super().__init__(space, seed=seed, direction=direction, on_failure=on_failure,
-                         penalty=penalty, max_trials=max_trials)
+        shared, sub_options = split_options(options)
+        super().__init__(space, **shared)
         _check_R_eta(R, eta)
         if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
             raise SearcherError(
@@ -172,9 +175,8 @@ class HyperbandSearcher(Searcher):
         else:
             from medtune.registry import create
 
-            self.proposer = create("searcher", searcher, space=self.space, seed=seed,
-                                   direction=direction, on_failure=on_failure, penalty=penalty,
-                                   **sub_options)
+            self.proposer = create("searcher", searcher, space=self.space,
+                                   **self.shared_options, **sub_options)
         self._brackets: list[_Bracket] = []
         self._entries: dict[int, tuple[_Bracket, _Entry]] = {}  # suggestion id -> where
         self._proposed: dict[int, Suggestion] = {}  # rung-0 id -> the proposer's suggestion
@@ -246,7 +248,7 @@ class HyperbandSearcher(Searcher):
             if failed:
                 self.proposer.tell(sub, None, failed=True)
             else:
-                self.proposer.tell(sub, score if self.direction == "minimize" else -score)
+                self.proposer.tell(sub, self._as_value(score))
         self._close_if_complete(bracket)
 
     def _close_if_complete(self, bracket: _Bracket) -> None:

@@ -1,11 +1,11 @@
-"""Greedy local search (hill climbing) with random restarts (seed 001, ch. 4.3.3).
+"""Greedy local search (hill climbing) with random restarts (Pourchot2022, ch. 4.3.3).
 
 From a random configuration (or ``start``), the searcher evaluates the neighbours of the
 current configuration (:meth:`medtune.search.SearchSpace.neighbours`: one parameter moved one
 step) and moves:
 
-- ``strategy="best"`` (the seed's greedy search): once every neighbour is evaluated, to the
-  best one if it improves on the current configuration;
+- ``strategy="best"`` (the greedy search of Pourchot2022): once every neighbour is evaluated,
+  to the best one if it improves on the current configuration;
 - ``strategy="first"``: to the first neighbour, in a random order, that improves on it.
 
 When no neighbour improves, the current configuration is a local optimum (recorded in
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from medtune.plugins.searchers.base import Proposal, Searcher, SearcherError, Suggestion
+from medtune.search.searcher import Proposal, Searcher, SearcherError, Suggestion
 from medtune.search.space import SearchSpace, UniqueSampler
 
 STRATEGIES = ("best", "first")
@@ -40,13 +40,12 @@ class LocalSearcher(Searcher):
     def __init__(
         self,
         space: SearchSpace | Mapping[str, Any],
-        seed: int = 0,
-        direction: str = "minimize",
+        *,
         strategy: str = "best",
         start: Mapping[str, Any] | None = None,
-        **options: Any,
+        **shared: Any,
     ) -> None:
-        super().__init__(space, seed=seed, direction=direction, **options)
+        super().__init__(space, **shared)
         if strategy not in STRATEGIES:
             raise SearcherError(
                 f"local: strategy must be 'best' (best improvement) or 'first' (first "
@@ -67,8 +66,7 @@ class LocalSearcher(Searcher):
     @property
     def optima(self) -> list[tuple[dict[str, Any], float]]:
         """``(config, value)`` of every local optimum reached so far, in order."""
-        sign = 1.0 if self.direction == "minimize" else -1.0
-        return [(dict(self._configs[k]), sign * float(self._scores[k]))  # type: ignore[arg-type]
+        return [(dict(self._configs[k]), self._as_value(self._scores[k]))  # type: ignore
                 for k in self._optima]
 
     def _remember(self, config: dict[str, Any]) -> str:

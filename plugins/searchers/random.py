@@ -1,6 +1,6 @@
-"""Random search (seed 004, sec. 2.1.2.2): configurations drawn from the space's prior.
+"""Random search (Bertrand2019, sec. 2.1.2.2): configurations drawn from the space's prior.
 
-On a finite space no configuration is drawn twice (seed 004, sec. 2.4.1 assumes draws without
+On a finite space no configuration is drawn twice (Bertrand2019, sec. 2.4.1 assumes draws without
 replacement; :mod:`medtune.search.theory` gives the resulting odds), and the search finishes
 once every configuration was proposed. Failed configurations are never proposed again,
 whatever the failure policy: random search learns nothing from results.
@@ -11,26 +11,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from medtune.plugins.searchers.base import Proposal, Searcher
+from medtune.search.searcher import Proposal, Searcher
 from medtune.search.space import SearchSpace, UniqueSampler
 
 
 class RandomSearcher(Searcher):
     """Random search without replacement; see the module docstring.
 
-    Takes the :class:`Searcher` arguments (``max_trials`` bounds the number of draws).
+    Takes the :class:`Searcher` arguments only (``max_trials`` bounds the number of draws).
     """
 
     name = "random"
 
-    def __init__(
-        self,
-        space: SearchSpace | Mapping[str, Any],
-        seed: int = 0,
-        direction: str = "minimize",
-        **options: Any,
-    ) -> None:
-        super().__init__(space, seed=seed, direction=direction, **options)
+    def __init__(self, space: SearchSpace | Mapping[str, Any], **shared: Any) -> None:
+        super().__init__(space, **shared)
         self._sampler = UniqueSampler(self.space, self.rng)
 
     def _propose(self) -> Proposal | None:

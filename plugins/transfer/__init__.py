@@ -1,4 +1,4 @@
-"""Transfer layers (seed 004, ch. 3): adapt a network trained on one population to another
+"""Transfer layers (Bertrand2019, ch. 3): adapt a network trained on one population to another
 without editing it.
 
 - ``geometric``: a predicted similarity transform of the input, inverted at the output
@@ -8,7 +8,7 @@ without editing it.
 - ``partial``: fine-tune only the first or last ``k`` layers (:class:`PartialFineTuning` and the
   helpers :func:`freeze_all_but`, :func:`trainable_parameters`);
 - ``fixed_convolutions``: new (residual, zero-initialised) convolutions after the down- and
-  up-sampling layers, the same for every image (:class:`FixedConvolutions`), the seed's
+  up-sampling layers, the same for every image (:class:`FixedConvolutions`), Bertrand2019's
   counter-example to predicted layers.
 
 Each wraps any backbone (MONAI's UNet by default) and reports ``parameters_added``.

@@ -1,7 +1,7 @@
-"""What the transfer layers of seed 004 (sec. 3.4) share: their error type, the small network
+"""What the transfer layers of Bertrand2019 (sec. 3.4) share: their error type, the small network
 that predicts per-image parameters from the image, and the input-shape check.
 
-The predictor is the seed's "3-layers ConvNet" (fig. 3.8): three strided 3x3x3 convolutions
+The predictor is Bertrand2019's "3-layers ConvNet" (fig. 3.8): three strided 3x3x3 convolutions
 with ReLU, then a 1x1x1 convolution to the predicted parameters and a global average pool. The
 last convolution starts at zero, so a freshly built transfer layer predicts exactly zero and
 its layer is the identity; the wrapped network's behaviour is unchanged until it is trained.
@@ -89,7 +89,7 @@ class TransferLayer(nn.Module):
 
     @property
     def parameters_added(self) -> int:
-        """How many scalar parameters the layer adds (the seed's "# params", table 3.1)."""
+        """How many scalar parameters the layer adds (Bertrand2019's "# params", table 3.1)."""
         return sum(p.numel() for p in self.added_parameters())
 
     @property

@@ -1,7 +1,7 @@
-"""Fixed convolutions (seed 004, sec. 3.4 and the "Fixed Convolutions" row of table 3.1): new
+"""Fixed convolutions (Bertrand2019, sec. 3.4 and the "Fixed Convolutions" row of table 3.1): new
 convolutional layers inserted after chosen layers of a trained network, the same for every image.
 
-The seed adds a 3x3x3 convolution after each down-sampling and up-sampling layer of its U-Net
+Bertrand2019 adds a 3x3x3 convolution after each down-sampling and up-sampling layer of its U-Net
 (6 new layers) and notes that, unlike the predicted transfer layers, fixed weights change the
 features of every image alike, so they degrade the source population. Here each inserted
 convolution is residual, ``F + conv(F)``, and starts at zero, so a fresh layer is the identity;

@@ -1,4 +1,4 @@
-"""The geometric transfer layer (seed 004, sec. 3.4.1, "Geometric Input" of table 3.1).
+"""The geometric transfer layer (Bertrand2019, sec. 3.4.1, "Geometric Input" of table 3.1).
 
 A small network predicts, for each image, a similarity transform ``G``: translation, rotation
 and scaling along each axis (9 parameters in 3D; 5 in 2D: two translations, one angle, two

@@ -1,10 +1,10 @@
-"""The intensity transfer layer (seed 004, sec. 3.4.2, fig. 3.8): a per-image, per-feature-map
+"""The intensity transfer layer (Bertrand2019, sec. 3.4.2, fig. 3.8): a per-image, per-feature-map
 affine change of the wrapped network's features at one layer.
 
 For an image ``I`` a small network predicts, for each of the ``n`` feature maps ``F_i`` leaving
 the chosen layer, a scale ``K_i(I)`` and a bias ``b_i(I)`` (``2n`` parameters per image), and the
 layer's output becomes ``K_i(I)·F_i + b_i(I)`` (a predicted 1x1x1 convolution applied to each
-map, like FiLM). The seed places it at the lowest level of the U-Net, which is the default here
+map, like FiLM). Bertrand2019 places it at the lowest level of the U-Net, which is the default here
 for MONAI's UNet (the innermost ``SkipConnection``'s sub-module); any named sub-module of any
 backbone can be chosen instead.
 

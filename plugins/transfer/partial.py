@@ -1,10 +1,10 @@
-"""Partial fine-tuning (seed 004, sec. 3.3.3, fig. 3.7): train only the first or the last ``k``
+"""Partial fine-tuning (Bertrand2019, sec. 3.3.3, fig. 3.7): train only the first or the last ``k``
 layers of a network and freeze the rest.
 
 A *layer* here is a convolution or linear map together with the parameters of the modules that
 follow it before the next one (its normalisation, its activation), in the order the network
 registers its modules - the order data flows through for sequential networks and MONAI's UNet
-(down-sampling path, bottom, up-sampling path). The seed fine-tunes "the last 7 convolutional
+(down-sampling path, bottom, up-sampling path). Bertrand2019 fine-tunes "the last 7 convolutional
 layers or the first 8", i.e. those after or before the first up-sampling layer, which
 :func:`first_upsampling_layer` finds.
 """

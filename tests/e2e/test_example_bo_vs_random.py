@@ -1,4 +1,4 @@
-"""examples/bo_vs_random.toml (seed 004 sec. 2.4, table 2.3) and the [replay] table behind it:
+"""examples/bo_vs_random.toml (Bertrand2019, sec. 2.4, table 2.3) and the [replay] table behind it:
 every model of a finite space trained once, then random search and BO replayed over the
 tabulated values. A replay of a cheap function study checks the numbers against the theory of
 random search; a tiny variant of the example runs in CI, the example as shipped is a slow test."""
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import medtune.report
+import medtune.report.replay
 from medtune.cli import main
 from tests.conftest import rewrite_settings
 from tests.e2e.recorded import check_recorded
@@ -89,7 +89,7 @@ def test_replay_matches_the_random_search_theory(tmp_path, monkeypatch, capsys):
     def no_replay(*args, **kwargs):
         raise AssertionError("replayed again although the trials did not change")
 
-    monkeypatch.setattr(medtune.report, "replay", no_replay)
+    monkeypatch.setattr(medtune.report.replay, "replay", no_replay)
     assert main(["report", str(tmp_path / "studies" / "parabola.sqlite")]) == 0
     page = (folder / "index.html").read_text()
     assert "<h2>Replay</h2>" in page and "replay_regret.png" in page and "Best model" in page

@@ -1,4 +1,4 @@
-"""The density_weighting example (seed 001, ch. 6) runs from its TOML file: a tiny variant
+"""The density_weighting example (Pourchot2022, ch. 6) runs from its TOML file: a tiny variant
 (sizes rewritten in the TOML text) in the default run, the example as shipped as a slow test."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from medtune.cli import main
 from tests.conftest import rewrite_settings
 from tests.e2e.recorded import check_recorded
 from medtune.study.store import StudyStore
-from medtune.tasks.regression import report_figures
+from medtune.plugins.tasks.regression import report_figures
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "density_weighting.toml"
 #: setting -> value of the tiny variant (one small epoch per trial)
@@ -28,7 +28,7 @@ def _run_and_check(path: Path, folder: Path, monkeypatch, capsys) -> list[dict]:
     monkeypatch.setenv("COLUMNS", "400")  # the whole table on one line per row
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "seed 001" in out
+    assert "Pourchot2022" in out
     repeats = int(re.search(r"(?m)^repeats = (\d+)", path.read_text()).group(1))
     for weighting in WEIGHTINGS:
         assert re.search(rf"│ {weighting}\s.*±.*│ {repeats} │", out), weighting

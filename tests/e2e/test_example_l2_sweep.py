@@ -1,4 +1,4 @@
-"""The l2_sweep example (seed 003) runs from its TOML file: a tiny variant (sizes rewritten in
+"""The l2_sweep example (Rukundo2021) runs from its TOML file: a tiny variant (sizes rewritten in
 the TOML text) in the default run, the example as shipped as a slow test."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from medtune.cli import main
 from tests.conftest import rewrite_settings
 from tests.e2e.recorded import check_recorded
 from medtune.study.store import StudyStore
-from medtune.tasks.regions import REGIONS, report_figures
+from medtune.plugins.tasks.regions import REGIONS, report_figures
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "l2_sweep.toml"
 #: setting -> value of the tiny variant (one small epoch per trial)
@@ -26,7 +26,7 @@ def _run_and_check(path: Path, folder: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("COLUMNS", "400")  # the whole table on one line per row
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "seed 003" in out
+    assert "Rukundo2021" in out
     repeats = int(re.search(r"(?m)^repeats = (\d+)", path.read_text()).group(1))
     for decay in ("0.005", "0.0005", "5e-05"):
         assert re.search(rf"│ {re.escape(decay)}\s.*±.*│ {repeats} │", out), decay

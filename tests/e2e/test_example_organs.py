@@ -1,4 +1,4 @@
-"""The organ-phantom examples of seed 004 run from their TOML files: transfer_organs (table 3.1)
+"""The organ-phantom examples of Bertrand2019 run from their TOML files: transfer_organs (table 3.1)
 and template_deformation (table 4.2). A tiny variant of each (sizes rewritten in the TOML text)
 runs in the default run, the examples as shipped are slow tests."""
 

@@ -1,4 +1,4 @@
-"""The quality_estimation example (seed 000, table 1) runs from its TOML file: a tiny variant
+"""The quality_estimation example (Kofler2022, table 1) runs from its TOML file: a tiny variant
 (sizes rewritten in the TOML text, one architecture, one optimiser) in the default run, the
 shipped file as a slow test that also checks that every configuration learns. Checks the study,
 the results table and the report figures."""
@@ -16,7 +16,7 @@ from medtune.cli import main
 from tests.conftest import rewrite_settings
 from tests.e2e.recorded import check_recorded
 from medtune.study.store import StudyStore, TrialState
-from medtune.tasks.quality import report_figures
+from medtune.plugins.tasks.quality import report_figures
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "quality_estimation.toml"
 TINY = {"image_size": "32", "train_exams": "3", "test_exams": "2", "external_exams": "2", "epochs": "1"}

@@ -1,4 +1,4 @@
-"""The supernet_nas example (seed 001, tables 4.3 and 4.4) runs from its TOML file: a tiny
+"""The supernet_nas example (Pourchot2022, tables 4.3 and 4.4) runs from its TOML file: a tiny
 variant (budgets rewritten in the TOML text) in the default run, the example as shipped as a
 slow test. Also checks the shipped tabular benchmark it relies on."""
 
@@ -31,7 +31,7 @@ def _run_and_check(path: Path, folder: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("COLUMNS", "400")  # the whole table on one line per row
     assert main(["run", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "seed 001" in out
+    assert "Pourchot2022" in out
     repeats = int(re.search(r"(?m)^repeats = (\d+)", path.read_text()).group(1))
     for name in SUBSPACES:
         assert re.search(rf"│ {name}\s.*±.*│ {repeats} │", out), name

@@ -1,5 +1,5 @@
-"""The gallery examples run from their TOML files: glf_small_lesions (seed 002) and
-hyperband_bohb (seed 004, Fig. 2.10, its studies then put side by side by `medtune compare`).
+"""The gallery examples run from their TOML files: glf_small_lesions (Seo2021) and
+hyperband_bohb (Bertrand2019, Fig. 2.10, its studies then put side by side by `medtune compare`).
 A tiny variant of each (sizes and budgets rewritten in the TOML text) runs in CI; the full
 examples are slow tests."""
 
@@ -62,7 +62,7 @@ def _trials(study: Path) -> list[dict]:
 
 
 def _check_glf(folder: Path, out: str, repeats: int) -> None:
-    assert "Seed 002" in out and "dice_empty_slices" in out
+    assert "Seo2021" in out and "dice_empty_slices" in out
     for loss in GLF_LOSSES:
         assert re.search(rf"{loss}\s.*±.*\s{repeats}\s", out), loss  # its row, mean ± std, n
     trials = _trials(folder / "studies" / "glf_small_lesions.sqlite")

@@ -10,52 +10,44 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass
-class FakeSuggestion:
-    id: int
-    config: dict[str, Any]
-    resource: float | None = None
-    tag: dict[str, Any] = field(default_factory=dict)
+from medtune.search import Float, Proposal, Searcher, SearchSpace, Suggestion
 
 
-class FakeSearcher:
+class FakeSearcher(Searcher):
     """Proposes ``{"index", "x", "seen"}`` configurations, ``limit`` of them at most.
 
     Deterministic given the seed and the order of ask/tell calls; ``seen`` is how many results
     it had been told when it proposed, so a replay in the wrong interleaving is caught.
-    ``batch`` limits proposals without results (like a Hyperband rung that waits).
+    ``batch`` limits proposals without results (like a Hyperband rung that waits). The other
+    arguments are the :class:`~medtune.search.Searcher` ones (direction, failure policy).
+    ``told`` lists ``(suggestion id, score, failed)`` per result, as the base class scored it.
     """
 
+    name = "fake"
+
     def __init__(self, seed: int, limit: int | None = None, batch: int | None = None,
-                 resource: float | None = None):
+                 resource: float | None = None, **shared: Any):
+        super().__init__(SearchSpace([Float("x", -1.0, 1.0)]), seed=seed, **shared)
         self._random = random.Random(seed)
         self.limit = limit
         self.batch = batch
         self.resource = resource
-        self.asked = 0
         self.told: list[tuple[int, float | None, bool]] = []
 
-    @property
-    def finished(self) -> bool:
-        return self.limit is not None and len(self.told) >= self.limit
-
-    def ask(self) -> FakeSuggestion | None:
-        if self.limit is not None and self.asked >= self.limit:
-            return None
+    def _propose(self) -> Proposal | None:
         if self.batch is not None and self.asked - len(self.told) >= self.batch:
             return None
         config = {"index": self.asked, "x": self._random.uniform(-1, 1), "seen": len(self.told)}
-        suggestion = FakeSuggestion(self.asked, config, self.resource, {"batch": self.batch})
-        self.asked += 1
-        return suggestion
+        return Proposal(config, self.resource, {"batch": self.batch})
 
-    def tell(self, suggestion: FakeSuggestion, value: float | None, failed: bool = False) -> None:
-        assert failed == (value is None)
-        self.told.append((suggestion.id, value, failed))
+    def _observe(self, suggestion: Suggestion, score: float | None, failed: bool) -> None:
+        self.told.append((suggestion.id, score, failed))
+
+    def _exhausted(self) -> bool:  # a limit it does not plan: no planned_trials
+        return self.limit is not None and self.asked >= self.limit
 
 
 def quadratic(config, resource, seed, report):

@@ -1,6 +1,6 @@
 """`medtune compare STUDY...`: studies grouped by searcher, best so far and running median per
 method (median over its seeds, range shaded) against trials and wall time, and the best value
-per method as mean ± std over its studies (seed 004 Fig. 2.10 across methods)."""
+per method as mean ± std over its studies (Bertrand2019, Fig. 2.10 across methods)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 
 from medtune.cli import main
-from medtune.report import _band, _on_grid, write_comparison
+from medtune.report import write_comparison
+from medtune.report.compare import _band, _on_grid
 from medtune.study.store import StudyStore
 
 STUDY = """

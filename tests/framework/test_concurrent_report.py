@@ -18,12 +18,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 _DRIVER = textwrap.dedent("""
     import sys
-    from medtune.study import StudyStore, run_study
+    from medtune.study import RunOptions, StudyStore, run_study
     from tests.framework.study_fakes import FakeSearcher
 
     store = StudyStore.create(sys.argv[1], seed=3)
-    run_study(store, FakeSearcher(store.seed), "tests.framework.study_fakes:sleeps", "inline",
-              n_trials=int(sys.argv[2]), progress=False)
+    run_study(store, FakeSearcher(store.seed), "tests.framework.study_fakes:sleeps",
+              RunOptions(n_trials=int(sys.argv[2]), progress=False))
 """)
 
 

@@ -19,7 +19,7 @@ def test_defaults_for_a_minimal_file(tmp_path, monkeypatch):
     config = parse_config(MINIMAL, tmp_path / "exp.toml")
     assert config.name == "exp" and config.direction == "maximize"
     assert config.searcher == "random" and config.executor == "inline"
-    assert config.objective == "medtune.tasks.segmentation:train_segmentation"
+    assert config.objective == "segmentation"
     assert config.storage == tmp_path / "studies" / "exp.sqlite"
 
 
@@ -41,7 +41,10 @@ def test_searcher_options_and_function_objective():
     ("[study]\ncolour = 1\n" + MINIMAL, "unknown key(s) colour"),
     ('[study]\non_failure = "penalize"\n' + MINIMAL, "needs a penalty value"),
     ("[searcher]\nR = 3\n" + MINIMAL, "searcher: missing key 'name'"),
-    ('[objective]\ntask = "classification"\n' + MINIMAL, "objective.task: expected one of segmentation"),
+    ('[objective]\ntask = "classification"\n' + MINIMAL, "objective.task: no task named 'classification'"),
+    ('[objective]\ntask = "segmentaton"\n' + MINIMAL, "Did you mean 'segmentation'? Available: 'nas'"),
+    ('[objective]\ntask = "segmentation"\n[objective.settings]\nepoch = 2\n' + MINIMAL,
+     "objective.settings: segmentation task: unknown setting 'epoch' (did you mean 'epochs'?)"),
     ('[objective]\nfunction = "nocolon"\n' + MINIMAL, 'expected "package.module:function"'),
     ('[objective]\ntask = "segmentation"\nfunction = "a:b"\n' + MINIMAL, "exactly one of"),
     ("[study]\nseed = 1\n", "missing key 'space'"),

@@ -31,21 +31,19 @@ N_TRIALS = 12
 _DRIVER = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from medtune.study import StudyStore, resume_study, run_study
+    from medtune.study import RunOptions, StudyStore, resume_study, run_study
     from tests.framework.study_fakes import FakeSearcher
 
     path, executor, n_trials = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    options = dict(n_trials=n_trials, n_workers=2 if executor != "inline" else 1,
-                   progress=False)
-    if executor == "ray":
-        options["executor_options"] = {"address": "local"}
+    options = RunOptions(
+        n_trials=n_trials, executor=executor, n_workers=2 if executor != "inline" else 1,
+        executor_options={"address": "local"} if executor == "ray" else {}, progress=False)
     objective = "tests.framework.study_fakes:logged"
     if path.exists():
-        resume_study(path, lambda seed: FakeSearcher(seed, batch=3), objective, executor,
-                     **options)
+        resume_study(path, lambda seed: FakeSearcher(seed, batch=3), objective, options)
     else:
         store = StudyStore.create(path, seed=5)
-        run_study(store, FakeSearcher(store.seed, batch=3), objective, executor, **options)
+        run_study(store, FakeSearcher(store.seed, batch=3), objective, options)
 """)
 
 

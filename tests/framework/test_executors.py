@@ -211,12 +211,12 @@ def test_a_huge_allocation_fails_as_out_of_memory():
 
 
 def test_sys_exit_in_an_objective_fails_its_trial_not_the_study(tmp_path):
-    from medtune.study import StudyStore, run_study
+    from medtune.study import RunOptions, StudyStore, run_study
     from tests.framework.study_fakes import FakeSearcher
 
     with StudyStore.create(tmp_path / "s.db") as store:
         summary = run_study(store, FakeSearcher(0), "tests.framework.stop_fakes:exits",
-                            n_trials=3, progress=False)
+                            RunOptions(n_trials=3, progress=False))
         assert (summary.n_complete, summary.n_failed) == (2, 1)
         (exited,) = store.trials([TrialState.FAIL])
     assert exited.config["index"] == 1 and exited.failure_reason is FailureReason.EXCEPTION

@@ -303,7 +303,7 @@ def test_detection_cases_from_points_and_boxes():
     assert box_iou([[0, 0, 2, 2]], [[0, 0, 2, 1], [1, 1, 3, 3]]) == pytest.approx(
         np.array([[0.5, 1 / 7]]))
     boxes = DetectionCase.from_boxes([[0, 0, 2, 2], [0, 0, 2, 1.5]], [0.3, 0.2], [[0, 0, 2, 1]])
-    # IoU must be strictly above 0.5 (seed 001): 0.5 misses, 1 / 1.5 hits
+    # IoU must be strictly above 0.5 (Pourchot2022): 0.5 misses, 1 / 1.5 hits
     assert boxes.hits.tolist() == [[False], [True]]
 
 

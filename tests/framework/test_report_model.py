@@ -1,7 +1,6 @@
 """Study reports for model-based searchers: predicted against observed values with the 95 %
 band (and its coverage), and parameter relevance from the GP's length-scales; and the figures
-of every report, checked on their matplotlib objects: learning curves, parameters, GLF
-trajectories."""
+of every report, checked on their matplotlib objects: learning curves and parameters."""
 
 from __future__ import annotations
 
@@ -11,17 +10,15 @@ import pytest
 
 import medtune
 from medtune.report import (
-    GLF_LABELS,
     calibration_figure,
     learning_curves_figure,
     model_calibration,
     model_relevance,
     parameters_figure,
-    trajectories_figure,
     write_report,
 )
 from medtune.search.space import SearchSpace
-from medtune.study import StudyStore, run_study
+from medtune.study import RunOptions, StudyStore, run_study
 from medtune.study.store import Execution
 
 
@@ -159,10 +156,11 @@ def test_bayes_study_report_has_the_model_and_relevance_plots(tmp_path):
         "kind": {"type": "categorical", "choices": ["a", "b"]},
     })
     with StudyStore.create(tmp_path / "bo.sqlite", direction="maximize", seed=0) as store:
-        searcher = medtune.create("searcher", "bayes", space=space, seed=store.seed, n_initial=4,
+        searcher = medtune.create("searcher", "bayes", space=space, seed=store.seed,
+                                  direction=store.direction, n_initial=4,
                                   refit_every=4, restarts=0, candidates=128,
                                   local_candidates=32, refine_steps=10)
-        run_study(store, searcher, _peak, n_trials=12, progress=False)
+        run_study(store, searcher, _peak, RunOptions(n_trials=12, progress=False))
         trials = sorted(store.trials(), key=lambda t: t.completion_order)
         calibration = model_calibration(trials, store.direction)
         relevance = model_relevance(trials)
@@ -179,24 +177,6 @@ def test_bayes_study_report_has_the_model_and_relevance_plots(tmp_path):
     assert f"{calibration['inside']} of 8 observed values" in page
     assert 'src="model.png"' in page and 'src="relevance.png"' in page
 
-
-def test_plot_titles_carry_the_whole_configuration_wrapped():
-    """The trajectories plot names its trial's configuration: every key, floats short, wrapped
-    into lines; only a configuration longer than the lines allowed is cut, and says so."""
-    from medtune.report import config_lines
-
-    config = {"learning_rate": 0.000123456, "loss": "glf", "strategy": "deterministic",
-              "weight_decay": 1.5e-05, "width": 16, "batch_size": 8, "epochs": 12,
-              "alpha_p_bounds": [0.05, 20.0]}
-    lines = config_lines(config, width=60)
-    text = " ".join(lines)
-    assert len(lines) == 3 and all(len(line) <= 60 for line in lines)
-    assert not lines[-1].endswith("...")
-    for key in config:
-        assert f"{key}=" in text
-    assert "learning_rate=0.000123" in text and "weight_decay=1.5e-05" in text
-    many = config_lines({f"parameter_{i}": i for i in range(40)}, width=60, lines=3)
-    assert len(many) == 3 and many[-1].endswith("...")
 
 SPACE = SearchSpace.from_dict({
     "lr": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True},
@@ -262,22 +242,6 @@ def test_ordinal_and_categorical_parameters_are_drawn_as_categories(tmp_path):
     # without a space, integers taking few values are categories too, sorted by value
     axes = {ax.get_xlabel(): ax for ax in parameters_figure(trials).axes}
     assert [t.get_text() for t in axes["width"].get_xticklabels()] == ["4", "8", "16"]
-
-
-def test_glf_trajectories_have_readable_labels_and_a_value_axis(tmp_path):
-    with StudyStore.create(tmp_path / "s.sqlite") as store:
-        trial = store.create_trial(suggestion_id=0, config={"loss": "glf"}, seed=0)
-        series = {name: [1.0, 0.9 - 0.1 * k, 0.8] for k, name in enumerate(GLF_LABELS)}
-        store.complete_trial(trial, 0.5, Execution(metrics=series))
-        (trial,) = store.trials()
-    ax = trajectories_figure(trial).axes[0]
-    legend = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert legend == [r"$\alpha_P$", r"$\alpha_N$", r"$\beta^2$",
-                      r"$\alpha_P$ (Tversky plane)", r"$\alpha_N$ (Tversky plane)"]
-    assert not any("glf_" in text for text in legend)
-    assert ax.get_ylabel() == "coefficient value (log scale)"
-    lines = ax.get_lines()
-    assert lines[3].get_color() == lines[0].get_color() and lines[3].get_linestyle() == "--"
 
 
 def test_the_model_plot_shows_the_whole_band(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sqlite3
@@ -15,13 +16,16 @@ from pathlib import Path
 import pytest
 
 from medtune.study import (
+    ExecutorError,
     FailureReason,
+    RunOptions,
     StudyInterrupted,
     StudyRunError,
     StudyStore,
     StudyStoreError,
     TrialState,
     driver_lock,
+    make_executor,
     resume_study,
     run_study,
     trial_seed,
@@ -31,8 +35,12 @@ from tests.conftest import python_path as _python_path
 from tests.framework.study_fakes import FAILURE_KINDS, FakeSearcher, Scaled
 
 ROOT = Path(__file__).resolve().parents[2]
+QUIET = RunOptions(progress=False)
 
 
+def _run(**options) -> RunOptions:
+    """Run options without a progress bar."""
+    return RunOptions(progress=False, **options)
 
 
 def _integrity(path: Path) -> str:
@@ -47,7 +55,7 @@ def test_inline_study_records_every_trial_and_tells_the_searcher(tmp_path, capsy
     store = StudyStore.create(tmp_path / "s.db", seed=3)
     searcher = FakeSearcher(store.seed)
     summary = run_study(store, searcher, "tests.framework.study_fakes:quadratic",
-                        n_trials=6, progress=True)
+                        RunOptions(n_trials=6, progress=True))
     assert summary.stop_reason == "n_trials"
     assert (summary.n_complete, summary.n_failed, summary.n_requeued) == (6, 0, 0)
     trials = store.trials()
@@ -64,7 +72,7 @@ def test_inline_study_records_every_trial_and_tells_the_searcher(tmp_path, capsy
 def test_study_ends_when_the_searcher_has_nothing_more(tmp_path):
     with StudyStore.create(tmp_path / "s.db") as store:
         summary = run_study(store, FakeSearcher(0, limit=4),
-                            "tests.framework.study_fakes:quadratic", progress=False)
+                            "tests.framework.study_fakes:quadratic", QUIET)
         assert summary.stop_reason == "searcher" and summary.n_complete == 4
 
 
@@ -72,27 +80,38 @@ def test_timeout_stops_new_trials(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDTUNE_TEST_SLEEP", "0.2")
     with StudyStore.create(tmp_path / "s.db") as store:
         summary = run_study(store, FakeSearcher(0), "tests.framework.study_fakes:sleeps",
-                            timeout=0.5, progress=False)
+                            _run(timeout=0.5))
         assert summary.stop_reason == "timeout"
         assert 2 <= summary.n_complete <= 4
 
 
-def test_maximize_tells_the_searcher_the_negated_value(tmp_path):
+def test_the_searcher_hears_values_as_they_are_and_scores_them_by_its_direction(tmp_path):
     with StudyStore.create(tmp_path / "s.db", direction="maximize") as store:
-        searcher = FakeSearcher(1)
+        searcher = FakeSearcher(0, direction="maximize")
         summary = run_study(store, searcher, "tests.framework.study_fakes:quadratic",
-                            n_trials=5, progress=False)
-        values = {t.suggestion_id: t.value for t in store.trials()}
+                            _run(n_trials=5))
+        trials = store.trials()
+        values = {t.suggestion_id: t.value for t in trials}
         assert searcher.told == [(i, -values[i], False) for i, _, _ in searcher.told]
+        assert all((t.told_value, t.told_failed) == (t.value, False) for t in trials)
         assert summary.best.value == max(values.values())
+        assert searcher.best[1] == max(values.values())
+
+
+def test_a_searcher_built_for_the_other_direction_is_refused(tmp_path):
+    with StudyStore.create(tmp_path / "s.db", direction="maximize") as store:
+        with pytest.raises(StudyRunError, match="build it with direction='maximize'"):
+            run_study(store, FakeSearcher(0), "tests.framework.study_fakes:quadratic",
+                      _run(n_trials=2))
+        assert store.count() == 0
 
 
 @pytest.mark.parametrize("policy", ["exclude", "penalize"])
 def test_failed_trials_are_recorded_and_the_study_completes(tmp_path, policy):
     with StudyStore.create(tmp_path / "s.db", seed=5) as store:
-        searcher = FakeSearcher(store.seed)
+        searcher = FakeSearcher(store.seed, on_failure=policy)
         summary = run_study(store, searcher, "tests.framework.study_fakes:failing",
-                            n_trials=12, on_failure=policy, progress=False)
+                            _run(n_trials=12))
         assert summary.stop_reason == "n_trials"
         trials = {t.config["index"]: t for t in store.trials()}
         assert len(trials) == 12 and store.count() == 12
@@ -109,57 +128,73 @@ def test_failed_trials_are_recorded_and_the_study_completes(tmp_path, policy):
             else:
                 assert trial.state is TrialState.COMPLETE
         assert (summary.n_complete, summary.n_pruned, summary.n_failed) == (2, 2, 8)
-        told = {suggestion_id: (value, failed) for suggestion_id, value, failed in searcher.told}
+        # the study reports outcomes; the searcher's policy decides what a failure counts as
+        scores = {suggestion_id: (score, failed) for suggestion_id, score, failed in searcher.told}
         worst_so_far = None
         for trial in sorted(trials.values(), key=lambda t: t.completion_order):
-            value, failed = told[trial.suggestion_id]
-            if trial.state is TrialState.FAIL and policy == "exclude":
-                assert (value, failed) == (None, True)
-            elif trial.state is TrialState.FAIL:
-                # the worst value so far; before any COMPLETE trial there is none: told failed
-                assert (value, failed) == ((worst_so_far, False) if worst_so_far is not None
-                                           else (None, True))
+            score, failed = scores[trial.suggestion_id]
+            if trial.state is TrialState.FAIL:
+                assert (trial.told_value, trial.told_failed) == (None, True)
+                # excluded; or penalised with the worst value so far (worse than any before)
+                penalty = math.inf if worst_so_far is None else worst_so_far
+                assert (score, failed) == ((None if policy == "exclude" else penalty), True)
             else:
-                assert (value, failed) == (trial.value, False)
-            if trial.state is TrialState.COMPLETE:
-                worst_so_far = max(worst_so_far or trial.value, trial.value)
-            assert (trial.told_value, trial.told_failed) == (value, failed)
+                assert (trial.told_value, trial.told_failed) == (trial.value, False)
+                assert (score, failed) == (trial.value, False)
+                worst_so_far = (trial.value if worst_so_far is None
+                                else max(worst_so_far, trial.value))
 
 
-def test_an_explicit_penalty_is_told_for_failures(tmp_path):
+def test_an_explicit_penalty_is_what_a_failure_counts_as(tmp_path):
     with StudyStore.create(tmp_path / "s.db") as store:
-        searcher = FakeSearcher(0)
-        run_study(store, searcher, "tests.framework.study_fakes:failing", n_trials=3,
-                  on_failure="penalize", penalty=10.0, progress=False)
-        assert searcher.told[1] == (1, 10.0, False)
+        searcher = FakeSearcher(0, on_failure="penalize", penalty=10.0)
+        run_study(store, searcher, "tests.framework.study_fakes:failing", _run(n_trials=3))
+        assert searcher.told[1] == (1, 10.0, True)
 
 
 def test_process_study_survives_a_dying_worker(tmp_path):
     with StudyStore.create(tmp_path / "s.db") as store:
         summary = run_study(store, FakeSearcher(0), "tests.framework.study_fakes:dies_on_index_1",
-                            "process", n_trials=5, n_workers=2, progress=False)
+                            _run(executor="process", n_trials=5, n_workers=2))
         assert (summary.n_complete, summary.n_failed) == (4, 1)
         (dead,) = store.trials([TrialState.FAIL])
         assert dead.config["index"] == 1 and dead.failure_reason is FailureReason.WORKER_DIED
 
 
 def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="n_trials must be an integer >= 0 or None, got -1"):
+        RunOptions(n_trials=-1)
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        RunOptions(timeout=0)
+    with pytest.raises(ExecutorError, match="unknown executor 'procss' \\(did you mean 'process'"):
+        RunOptions(executor="procss")
+    with pytest.raises(ExecutorError, match="inline executor runs one trial at a time"):
+        RunOptions(n_workers=2)
+    with pytest.raises(ExecutorError, match="the process executor takes no options, got address"):
+        RunOptions(executor="process", n_workers=2, executor_options={"address": "auto"})
+    objective = "tests.framework.study_fakes:quadratic"
     with StudyStore.create(tmp_path / "s.db") as store:
-        with pytest.raises(ValueError, match="on_failure must be one of exclude, penalize"):
-            run_study(store, FakeSearcher(0), "tests.framework.study_fakes:quadratic",
-                      n_trials=1, on_failure="ignore", progress=False)
-        run_study(store, FakeSearcher(0), "tests.framework.study_fakes:quadratic", n_trials=1,
-                  progress=False)
+        with pytest.raises(StudyRunError, match="driven by a medtune.search.Searcher, got dict"):
+            run_study(store, {"ask": None}, objective, QUIET)
+        asked = FakeSearcher(0)
+        asked.ask()
+        with pytest.raises(StudyRunError, match="asked 1 times already"):
+            run_study(store, asked, objective, QUIET)
+        with make_executor("inline", objective) as executor:
+            with pytest.raises(ValueError, match="not the one the options describe"):
+                run_study(store, FakeSearcher(0), objective,
+                          _run(executor="process", n_workers=2), executor=executor)
+        assert store.count() == 0
+        run_study(store, FakeSearcher(0), objective, _run(n_trials=1))
         with pytest.raises(StudyRunError, match="already has 1 trials: continue it with"):
-            run_study(store, FakeSearcher(0), "tests.framework.study_fakes:quadratic",
-                      n_trials=2, progress=False)
+            run_study(store, FakeSearcher(0), objective, _run(n_trials=2))
 
 
 def test_resume_continues_a_finished_run_without_rerunning_anything(tmp_path):
     path = tmp_path / "s.db"
     with StudyStore.create(path, seed=9) as store:
         run_study(store, FakeSearcher(store.seed, batch=2), "tests.framework.study_fakes:failing",
-                  n_trials=7, progress=False)
+                  _run(n_trials=7))
         before = store.trials()
     searchers = []
 
@@ -167,8 +202,8 @@ def test_resume_continues_a_finished_run_without_rerunning_anything(tmp_path):
         searchers.append(FakeSearcher(seed, batch=2))
         return searchers[-1]
 
-    summary = resume_study(path, factory, "tests.framework.study_fakes:failing", n_trials=12,
-                           progress=False)
+    summary = resume_study(path, factory, "tests.framework.study_fakes:failing",
+                           _run(n_trials=12))
     assert summary.n_requeued == 0
     with StudyStore(path) as store:
         after = store.trials()
@@ -178,14 +213,24 @@ def test_resume_continues_a_finished_run_without_rerunning_anything(tmp_path):
     assert len(searchers[0].told) == 12
 
 
+def _other_proposals(seed: int) -> FakeSearcher:
+    """A searcher built with the study's seed that proposes other configurations."""
+    searcher = FakeSearcher(seed)
+    searcher._random.seed(seed + 1)
+    return searcher
+
+
 def test_resume_refuses_a_searcher_that_does_not_replay(tmp_path):
     path = tmp_path / "s.db"
+    objective = "tests.framework.study_fakes:quadratic"
     with StudyStore.create(path, seed=9) as store:
-        run_study(store, FakeSearcher(store.seed), "tests.framework.study_fakes:quadratic",
-                  n_trials=3, progress=False)
+        run_study(store, FakeSearcher(store.seed), objective, _run(n_trials=3))
     with pytest.raises(StudyRunError, match="trial 1 should be proposal 0"):
-        resume_study(path, lambda seed: FakeSearcher(seed + 1),
-                     "tests.framework.study_fakes:quadratic", n_trials=5, progress=False)
+        resume_study(path, _other_proposals, objective, _run(n_trials=5))
+    with pytest.raises(StudyRunError, match="built with seed 3, but the study's seed is 9"):
+        resume_study(path, FakeSearcher(3), objective, _run(n_trials=5))
+    summary = resume_study(path, FakeSearcher(9), objective, _run(n_trials=5))  # built, seed 9
+    assert summary.n_complete == 5
 
 
 def test_an_interrupted_run_records_its_trial_in_flight_and_resume_reruns_it(
@@ -196,8 +241,7 @@ def test_an_interrupted_run_records_its_trial_in_flight_and_resume_reruns_it(
     with StudyStore.create(path, seed=4) as store:
         with pytest.raises(StudyInterrupted) as raised:  # a KeyboardInterrupt
             run_study(store, FakeSearcher(store.seed),
-                      "tests.framework.study_fakes:interrupt_on_index_3", n_trials=6,
-                      progress=False)
+                      "tests.framework.study_fakes:interrupt_on_index_3", _run(n_trials=6))
         assert isinstance(raised.value, KeyboardInterrupt) and raised.value.trial_ids == [4]
         assert str(raised.value) == ("Interrupted: 1 trial in flight recorded as interrupted; "
                                      f"continue with `medtune resume {path}`")
@@ -207,7 +251,7 @@ def test_an_interrupted_run_records_its_trial_in_flight_and_resume_reruns_it(
         assert "interrupted (Ctrl-C)" in trials[3].traceback and trials[3].finished
     monkeypatch.setenv("MEDTUNE_TEST_INTERRUPT", "0")
     summary = resume_study(path, FakeSearcher, "tests.framework.study_fakes:interrupt_on_index_3",
-                           n_trials=6, progress=False)
+                           _run(n_trials=6))
     assert (summary.n_complete, summary.n_requeued) == (6, 1)
     with StudyStore(path) as store:
         trials = store.trials()
@@ -229,7 +273,7 @@ def _hyperband(seed):
     import medtune
 
     return medtune.create("searcher", "hyperband", space=SPACE, seed=seed, R=9, eta=3,
-                          searcher="random")
+                          searcher="random", direction="maximize")
 
 
 def test_an_interrupted_hyperband_study_resumes_to_the_uninterrupted_result(
@@ -244,7 +288,7 @@ def test_an_interrupted_hyperband_study_resumes_to_the_uninterrupted_result(
 
     with StudyStore.create(tmp_path / "reference.db", seed=5, direction="maximize") as store:
         reference = run_study(store, _hyperband(store.seed),
-                              "tests.framework.study_fakes:synthetic", progress=False)
+                              "tests.framework.study_fakes:synthetic", QUIET)
     assert reference.stop_reason == "searcher" and reference.n_complete > 12
 
     monkeypatch.setattr(study_fakes, "calls", 0)
@@ -253,10 +297,9 @@ def test_an_interrupted_hyperband_study_resumes_to_the_uninterrupted_result(
     with StudyStore.create(path, seed=5, direction="maximize") as store:
         with pytest.raises(KeyboardInterrupt):
             run_study(store, _hyperband(store.seed), "tests.framework.study_fakes:synthetic",
-                      progress=False)
+                      QUIET)
     monkeypatch.setenv("MEDTUNE_TEST_INTERRUPT_AT", "0")
-    resumed = resume_study(path, _hyperband, "tests.framework.study_fakes:synthetic",
-                           progress=False)
+    resumed = resume_study(path, _hyperband, "tests.framework.study_fakes:synthetic", QUIET)
     assert resumed.n_requeued == 1
     assert outcome(path) == outcome(tmp_path / "reference.db")
     assert resumed.best.value == reference.best.value
@@ -268,19 +311,20 @@ def test_resume_refuses_while_another_driver_runs_the_study(tmp_path):
     with driver_lock(path):
         with pytest.raises(StudyStoreError, match="is being run by pid"):
             resume_study(path, FakeSearcher, "tests.framework.study_fakes:quadratic",
-                         n_trials=2, progress=False)
+                         _run(n_trials=2))
 
 
 # ------------------------------------------------------------------------------ SIGKILL
 
 _DRIVER = textwrap.dedent("""
     import sys
-    from medtune.study import StudyStore, run_study
+    from medtune.study import RunOptions, StudyStore, run_study
     from tests.framework.study_fakes import FakeSearcher
 
     store = StudyStore.create(sys.argv[1], seed=21)
     run_study(store, FakeSearcher(store.seed, batch=3), "tests.framework.study_fakes:logged",
-              "process", n_trials=int(sys.argv[2]), n_workers=2, progress=False)
+              RunOptions(executor="process", n_trials=int(sys.argv[2]), n_workers=2,
+                         progress=False))
 """)
 
 
@@ -341,8 +385,8 @@ def test_sigkill_mid_study_then_resume_loses_nothing_and_runs_nothing_twice(
     monkeypatch.setenv("MEDTUNE_TEST_SESSION", "second")
     monkeypatch.setenv("MEDTUNE_TEST_SLEEP", "0.1")
     summary = resume_study(path, lambda seed: FakeSearcher(seed, batch=3),
-                           "tests.framework.study_fakes:logged", "process",
-                           n_trials=n_trials, n_workers=2, progress=False)
+                           "tests.framework.study_fakes:logged",
+                           _run(executor="process", n_trials=n_trials, n_workers=2))
 
     assert _integrity(path) == "ok"
     with StudyStore(path) as store:
@@ -385,13 +429,13 @@ def test_ray_executor_runs_the_same_study_on_a_local_cluster(tmp_path, ray_clust
     n_trials = 5
     with StudyStore.create(tmp_path / "process.db", seed=2) as store:
         local = run_study(store, FakeSearcher(store.seed),
-                          "tests.framework.study_fakes:dies_on_index_1", "process",
-                          n_trials=n_trials, n_workers=2, progress=False)
+                          "tests.framework.study_fakes:dies_on_index_1",
+                          _run(executor="process", n_trials=n_trials, n_workers=2))
     with StudyStore.create(tmp_path / "ray.db", seed=2) as store:
         summary = run_study(store, FakeSearcher(store.seed),
-                            "tests.framework.study_fakes:dies_on_index_1", "ray",
-                            n_trials=n_trials, n_workers=2, progress=False,
-                            executor_options={"address": ray_cluster})
+                            "tests.framework.study_fakes:dies_on_index_1",
+                            _run(executor="ray", n_trials=n_trials, n_workers=2,
+                                 executor_options={"address": ray_cluster}))
         trials = store.trials()
     assert (summary.n_complete, summary.n_failed) == (local.n_complete, local.n_failed) == (4, 1)
     (dead,) = [t for t in trials if t.state is TrialState.FAIL]
@@ -404,9 +448,9 @@ def test_ray_executor_runs_the_same_study_on_a_local_cluster(tmp_path, ray_clust
 
     # a callable object (as `medtune run` passes) travels too, its class imported by name
     with StudyStore.create(tmp_path / "object.db", seed=2) as store:
-        summary = run_study(store, FakeSearcher(store.seed), Scaled(2.0), "ray", n_trials=3,
-                            n_workers=2, progress=False,
-                            executor_options={"address": ray_cluster})
+        summary = run_study(store, FakeSearcher(store.seed), Scaled(2.0),
+                            _run(executor="ray", n_trials=3, n_workers=2,
+                                 executor_options={"address": ray_cluster}))
         assert summary.n_complete == 3
         assert all(t.value == 2.0 * t.config["x"] ** 2 for t in store.trials())
     assert _integrity(tmp_path / "ray.db") == "ok"

@@ -22,7 +22,7 @@ from medtune.study import (
     TrialState,
     driver_lock,
 )
-from medtune.study import store as store_module
+from medtune.study import database as database_module
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ def test_damaged_pages_are_reported_by_name(tmp_path):
 
 
 def test_a_held_lock_is_waited_for_and_retried(study, monkeypatch):
-    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr(database_module, "_BUSY_TIMEOUT", 0.05)
     store = StudyStore(study.path)  # its connection waits 50 ms per attempt, then retries
     blocker = sqlite3.connect(study.path, isolation_level=None, check_same_thread=False)
     blocker.execute("BEGIN IMMEDIATE")
@@ -216,7 +216,7 @@ def test_a_held_lock_is_waited_for_and_retried(study, monkeypatch):
 
 
 def test_a_lock_held_too_long_raises_a_clear_error(study, monkeypatch):
-    monkeypatch.setattr(store_module, "_BUSY_TIMEOUT", 0.05)
+    monkeypatch.setattr(database_module, "_BUSY_TIMEOUT", 0.05)
     store = StudyStore(study.path, lock_timeout=0.3)
     blocker = sqlite3.connect(study.path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")
@@ -313,19 +313,19 @@ def test_a_damaged_trial_is_left_out_and_named_once(study, caplog, column, text,
 
 
 def test_resume_refuses_a_damaged_study_naming_the_trial_and_changes_nothing(tmp_path):
-    from medtune.study import resume_study, run_study
+    from medtune.study import RunOptions, resume_study, run_study
     from tests.framework.study_fakes import FakeSearcher
 
     path = tmp_path / "s.db"
     with StudyStore.create(path, seed=2) as store:
         run_study(store, FakeSearcher(store.seed), "tests.framework.study_fakes:quadratic",
-                  n_trials=3, progress=False)
+                  RunOptions(n_trials=3, progress=False))
         orphan = store.create_trial(suggestion_id=3, config={"index": 3}, seed=0)
     _damage(path, "UPDATE trials SET finished = 'soon' WHERE id = 2")
     before = path.read_bytes()
     with pytest.raises(DamagedTrialError) as refused:
-        resume_study(path, FakeSearcher, "tests.framework.study_fakes:quadratic", n_trials=5,
-                     progress=False)
+        resume_study(path, FakeSearcher, "tests.framework.study_fakes:quadratic",
+                     RunOptions(n_trials=5, progress=False))
     message = str(refused.value)
     assert "s.db: trial 2 is damaged (finished is 'soon'" in message and "cannot resume" in message
     assert "\n" not in message

@@ -1,16 +1,13 @@
-"""The ``threads`` setting, the same in every built-in task: checked, applied, restored."""
+"""The ``threads`` setting of a task: checked, applied to the trial, restored (every task that
+declares it takes it this way: see the contract suite in tests/plugins/test_task_contract.py)."""
 
 from __future__ import annotations
-
-import importlib
 
 import pytest
 import torch
 
 from medtune.errors import MedtuneError
-from medtune.tasks.threads import check_threads, threaded, trial_threads
-
-TASKS = ["nas", "quality", "regions", "regression", "segmentation", "template", "transfer"]
+from medtune.tasks.threads import check_threads, trial_threads
 
 
 def test_check_threads_accepts_counts_and_keep():
@@ -32,30 +29,3 @@ def test_trial_threads_sets_and_restores_even_on_error():
     assert torch.get_num_threads() == before
     with trial_threads(0):
         assert torch.get_num_threads() == before
-
-
-def test_threaded_uses_the_config_then_the_task_default():
-    seen = []
-
-    @threaded("demo", {"threads": 1})
-    def train(config, resource=None, seed=0, report=None):
-        seen.append(torch.get_num_threads())
-        return {"value": 0.0}
-
-    before = torch.get_num_threads()
-    train({})  # the task's default
-    train({"threads": 0})  # keep PyTorch's setting
-    assert seen == [1, before] and torch.get_num_threads() == before
-    with pytest.raises(MedtuneError, match="demo task: threads"):
-        train({"threads": -2})
-
-
-@pytest.mark.parametrize("task", TASKS)
-def test_every_task_takes_threads(task):
-    """Each built-in task lists ``threads`` among its settings and checks it before any work."""
-    module = importlib.import_module(f"medtune.tasks.{task}")
-    defaults = getattr(module, f"{task.upper()}_DEFAULTS")
-    train = getattr(module, f"train_{task}")
-    assert "threads" in defaults and hasattr(train, "__wrapped__")
-    with pytest.raises(MedtuneError, match=f"{task} task: threads must be"):
-        train({"threads": -1})

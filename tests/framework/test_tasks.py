@@ -1,147 +1,169 @@
-"""The built-in segmentation task trains for real and reports every epoch."""
+"""The task contract of the core: settings checked against their declaration, the shared NaN
+exit, the budget, threads, default tables, and tasks found by name through the registry."""
 
 from __future__ import annotations
 
-import numpy as np
+import math
+import pickle
+
 import pytest
 import torch
 
 import medtune
 from medtune import registry as registry_module
-from medtune.errors import MedtuneError
-from medtune.study import StudyStore, TrialState, run_study
-from medtune.tasks import ConfiguredObjective, train_segmentation
-from medtune.tasks.segmentation import (lesion_metrics, lesion_scores, resolve_loss,
-                                        slice_metrics)
-
-TINY = {"train_size": 16, "val_size": 8, "batch_size": 8, "width": 4, "lr": 5e-3}
+from medtune.config import ConfigError, parse_config
+from medtune.errors import MedtuneError, PluginError, UnknownPluginError
+from medtune.study.executors import make_executor
+from medtune.tasks import ConfiguredObjective, Setting, Task, check_settings, load_task, stop_if_diverged
 
 
-def test_reports_each_epoch_and_returns_the_last_dice():
-    curve = []
-    result = train_segmentation(TINY, resource=2, seed=0, report=lambda e, d: curve.append((e, d)))
-    assert [epoch for epoch, _ in curve] == [1, 2]
-    assert 0.0 <= result["value"] <= 1.0 and result["value"] == curve[-1][1]
-    assert {"lesion_dice_small", "lesion_recall_small", "lesion_dice_large"} <= set(result)
-    assert {"recall", "dice_lesion_slices", "dice_empty_slices"} <= set(result)
-    assert all(0.0 <= result[k] <= 1.0 for k in ("recall", "dice_lesion_slices",
-                                                  "dice_empty_slices"))
-    assert "glf_alpha_p" not in result  # a plain Dice loss has no coefficients
+class Toy(Task):
+    """A task whose loss is ``x`` itself: NaN and infinity reach the shared exit."""
+
+    name = "toy"
+    settings = {"x": 0.5, "epochs": 2, "mode": "plain", "options": Setting({}, example="{a = 1}"),
+                "scale": Setting(None, "number", optional=True), "threads": 0}
+    trial_timeout = 12.0
+    table = {"rows": ["mode"], "columns": ["value"]}
+
+    def check(self, settings):
+        if settings["scale"] is None:
+            settings["scale"] = 2.0
+        return settings
+
+    def train(self, settings, resource, seed, report):
+        stop_if_diverged(torch.tensor(settings["x"]))
+        epochs = self.budget(resource, settings["epochs"])
+        return {"value": settings["scale"] * settings["x"], "epochs": epochs,
+                "threads": torch.get_num_threads()}
 
 
-def test_same_seed_same_result_and_glf_trajectories():
-    config = {**TINY, "loss": "glf", "options_by_loss": {"glf": {"adaptive": "deterministic"},
-                                                         "dice": {"bogus": 1}}}
-    first = train_segmentation(config, 1, seed=3)
-    assert first == train_segmentation(config, 1, seed=3)
-    steps = TINY["train_size"] // TINY["batch_size"]  # one epoch
-    assert len(first["glf_alpha_p"]) == len(first["glf_beta2"]) == steps
-    assert len(first["glf_alpha_p_tversky"]) == len(first["glf_alpha_n_tversky"]) == steps
+class NotATask:
+    def __call__(self, config, resource, seed, report):
+        return 0.0
 
 
-def test_exploratory_glf_variant_chooses_coefficients_each_step():
-    variants = {"glf_exploratory": {"loss": "glf", "adaptive": "exploratory"}}
-    config = {**TINY, "train_size": 8, "loss": "glf_exploratory", "loss_variants": variants}
-    result = train_segmentation(config, 1, seed=0)
-    assert len(result["glf_alpha_p"]) == 1 and len(result["glf_alpha_n_tversky"]) == 1
-    # one exploratory step multiplies each coefficient by 0.9, 1 or 1.1
-    assert {round(result[f"glf_{name}"][0], 6) for name in ("alpha_p", "alpha_n", "beta2")} <= {
-        0.9, 1.0, 1.1}
-
-
-def test_loss_variants_resolve_to_a_plugin_and_its_options():
-    config = {"loss": "tversky_a03", "loss_options": {"smooth_nr": 0.0},
-                          "options_by_loss": {"tversky": {"alpha": 0.5, "batch": True}},
-                          "loss_variants": {"tversky_a03": {"loss": "tversky", "alpha": 0.3,
-                                                            "beta": 0.7}}}
-    assert resolve_loss(config) == ("tversky", {"smooth_nr": 0.0, "alpha": 0.3, "beta": 0.7,
-                                                  "batch": True})
-    assert resolve_loss({"loss": "dice", "options_by_loss": {"glf": {"beta2": 2}}}) == (
-        "dice", {})
-
-
-def test_slice_metrics_on_hand_made_masks():
-    labels = np.zeros((4, 8, 8), dtype=np.uint8)
-    predictions = np.zeros((4, 8, 8), dtype=bool)
-    labels[0, :2, :2] = 1             # 4 lesion px, 2 found, 2 false positives: Dice 0.5
-    predictions[0, 0, :4] = True
-    labels[1, 4:, 4:] = 1             # 16 lesion px, all found exactly: Dice 1
-    predictions[1, 4:, 4:] = True
-    predictions[2, 7, 7] = True       # empty slice with one false positive: Dice 0
-    metrics = slice_metrics(predictions, labels)   # slice 3: empty, nothing predicted: Dice 1
-    assert metrics == {"precision": 18 / 21, "recall": 18 / 20, "dice_lesion_slices": 0.75,
-                       "dice_empty_slices": 0.5}
-    nothing = slice_metrics(np.zeros((1, 8, 8), dtype=bool), labels[:1])
-    assert nothing == {"recall": 0.0, "dice_lesion_slices": 0.0}  # precision undefined
-    assert slice_metrics(predictions[2:], labels[2:]) == {"precision": 0.0,
-                                                          "dice_empty_slices": 0.5}
-    with pytest.raises(MedtuneError, match="same shape"):
-        slice_metrics(predictions[:, :4], labels)
-
-
-def test_lesion_scores_by_component_and_size_bin():
-    label = np.zeros((40, 40), dtype=np.int64)
-    label[2:6, 2:6] = 1        # 16 px: found exactly
-    label[20:34, 20:34] = 1    # 196 px: half found, plus 14 false pixels next to it
-    label[10:13, 30:33] = 1    # 9 px: missed
-    prediction = np.zeros((40, 40), dtype=bool)
-    prediction[2:6, 2:6] = True
-    prediction[20:27, 19:34] = True
-    scores = sorted(lesion_scores(prediction, label))
-    assert [(area, hit) for area, _, hit in scores] == [(9, False), (16, True), (196, True)]
-    assert scores[1][1] == 1.0 and scores[0][1] == 0.0
-    assert scores[2][1] == 2 * 98 / (105 + 196)
-    metrics = lesion_metrics(scores)
-    assert metrics == {"lesion_dice_small": 0.5, "lesion_recall_small": 0.5,
-                       "lesion_dice_medium": scores[2][1]}
-
-
-def test_learns_on_the_phantom():
-    config = {**TINY, "train_size": 48, "width": 8, "loss": "dice", "lr": 1e-2}
-    curve = []
-    train_segmentation(config, resource=6, seed=0, report=lambda e, d: curve.append(d))
-    assert max(curve) > 0.2, curve  # an untrained network scores about 0
-
-
-@pytest.mark.parametrize("config,message", [
-    ({"learning_rate": 1e-3}, "unknown setting"),
-    ({"optimizer": "rmsprop"}, "optimizer must be one of"),
-    ({"weight_decay": -1.0}, "weight_decay must be >= 0"),
-    ({"width": 0}, "width must be > 0"),
-    ({"options_by_loss": {"glf": 3}}, "options_by_loss must map loss names"),
-    ({"loss_variants": {"t03": {"alpha": 0.3}}}, "loss_variants must map variant names"),
-])
-def test_bad_settings(config, message):
-    with pytest.raises(MedtuneError, match=message):
-        train_segmentation(config, resource=1)
-
-
-class _NaNLoss(torch.nn.Module):
-    def __init__(self, **options):
-        super().__init__()
-
-    def forward(self, input, target):
-        return input.mean() * float("nan")
-
-
-class _NaNLossPlugin:
+class _ToyPlugin:
     @medtune.hookimpl
-    def medtune_losses(self):
-        return {"nan_loss": _NaNLoss}
+    def medtune_tasks(self):
+        return {"toy": Toy, "not_a_task": NotATask}
 
 
-def test_a_loss_returning_nan_fails_the_trial_not_the_study(tmp_path, monkeypatch):
-    reg = registry_module.Registry()  # the installed plugins, and this one, for this test only
-    reg.register(_NaNLossPlugin(), "nan_loss_plugin")
+@pytest.fixture
+def toy_registry(monkeypatch):
+    """The installed plugins and the toy task, for one test."""
+    reg = registry_module.Registry()
+    reg.register(_ToyPlugin(), "toy_plugin")
     monkeypatch.setattr(registry_module, "_REGISTRY", reg)
-    objective = ConfiguredObjective("medtune.tasks.segmentation:train_segmentation",
-                                    {**TINY, "train_size": 8, "val_size": 8})
-    store = StudyStore.create(tmp_path / "s.db", direction="maximize")
-    searcher = medtune.create("searcher", "grid", direction="maximize",
-                              space={"loss": {"type": "categorical", "choices": ["nan_loss", "dice"]}})
-    with store:
-        summary = run_study(store, searcher, objective, "inline", progress=False)
-        states = {t.config["loss"]: (t.state, t.failure_reason) for t in store.trials()}
-    assert summary.n_complete == 1 and summary.n_failed == 1
-    assert states["nan_loss"][0] is TrialState.FAIL and states["nan_loss"][1].value == "nan"
-    assert states["dice"][0] is TrialState.COMPLETE
+    return reg
+
+
+def test_settings_merge_over_the_declared_defaults():
+    settings = check_settings("toy", Toy.settings, {"x": 2, "mode": "fast"})
+    assert settings == {"x": 2, "epochs": 2, "mode": "fast", "options": {}, "scale": None, "threads": 0}
+    assert check_settings("toy", Toy.settings, {"scale": 3})["scale"] == 3  # optional: a number too
+
+
+def test_an_unknown_setting_names_the_closest_declared_one():
+    with pytest.raises(MedtuneError) as err:
+        check_settings("toy", Toy.settings, {"epoch": 3, "zzz": 1})
+    message = str(err.value)
+    assert message.startswith("toy task: unknown setting 'epoch' (did you mean 'epochs'?)")
+    assert "unknown setting 'zzz';" in message  # nothing close: no suggestion
+    assert "the settings of the toy task are x, epochs, mode, options, scale, threads" in message
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"epochs": 2.5}, "epochs must be a whole number, got 2.5"),
+    ({"epochs": True}, "epochs must be a whole number, got True"),
+    ({"x": "0.5"}, "x must be a number, got '0.5'"),
+    ({"mode": 3}, "mode must be a string, got 3"),
+    ({"options": [1]}, "options must be a table, e.g. {a = 1}, got [1]"),
+    ({"scale": "big"}, "scale must be a number or nothing, got 'big'"),
+])
+def test_a_mistyped_setting_is_refused_with_its_type(config, message):
+    with pytest.raises(MedtuneError) as err:
+        check_settings("toy", Toy.settings, config)
+    assert str(err.value) == f"toy task: {message}"
+
+
+def test_every_problem_is_named_in_one_error():
+    with pytest.raises(MedtuneError) as err:
+        check_settings("toy", Toy.settings, {"epochs": "2", "modes": "fast"})
+    assert "epochs must be a whole number" in str(err.value) and "did you mean 'mode'" in str(err.value)
+
+
+def test_calling_a_task_checks_trains_and_completes_the_settings():
+    assert Toy()({"x": 0.25}, resource=3) == {"value": 0.5, "epochs": 3, "threads": torch.get_num_threads()}
+    with pytest.raises(MedtuneError, match="toy task: the budget must be at least one epoch, got 0.2"):
+        Toy()({}, resource=0.2)
+    with pytest.raises(MedtuneError, match="toy task: threads must be a whole number >= 1"):
+        Toy()({"threads": -1})
+
+
+def test_threads_apply_to_the_trial_only():
+    before = torch.get_num_threads()
+    assert Toy()({"threads": 1})["threads"] == 1
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("loss", [math.nan, math.inf, -math.inf])
+def test_a_diverged_loss_ends_the_trial_with_nan(loss):
+    result = Toy()({"x": loss})
+    assert set(result) == {"value"} and math.isnan(result["value"])
+
+
+def test_a_task_without_train_says_so():
+    with pytest.raises(NotImplementedError, match="task 'unnamed' does not define train"):
+        Task()({})
+
+
+def test_the_default_table_needs_its_rows_searched():
+    assert Toy().default_table(["mode", "x"]) == {"rows": ["mode"], "columns": ["value"]}
+    assert Toy().default_table(["x"]) is None
+    assert Task().default_table(["x"]) is None
+
+
+def test_tasks_are_found_by_name_and_suggested(toy_registry):
+    assert isinstance(load_task("toy"), Toy) and "toy" in medtune.available("task")
+    with pytest.raises(UnknownPluginError) as err:
+        load_task("tyo")
+    assert "no task named 'tyo'. Did you mean 'toy'?" in str(err.value)
+    assert "'segmentation'" in str(err.value).split("Available:")[1]
+    with pytest.raises(PluginError, match="is a NotATask, not a medtune.tasks.Task"):
+        load_task("not_a_task")
+
+
+def test_a_configured_task_is_resolved_where_it_runs(toy_registry):
+    objective = ConfiguredObjective("toy", {"x": 1.0, "scale": 3.0})
+    assert objective.task == "toy" and ConfiguredObjective("pkg.mod:fn").task is None
+    copy = pickle.loads(pickle.dumps(objective))  # only the name and the settings travel
+    assert copy({"x": 2.0}, None, 0)["value"] == 6.0
+    assert objective.trial_timeout == 12.0
+    assert make_executor("inline", objective).trial_timeout == 12.0
+    assert make_executor("inline", objective, trial_timeout=0).trial_timeout is None
+    # the built-in tasks declare none: a trial lasts as long as its settings ask
+    assert make_executor("inline", ConfiguredObjective("segmentation")).trial_timeout is None
+
+
+SPACE = '\n[space.mode]\ntype = "categorical"\nchoices = ["plain", "fast"]\n'
+
+
+def test_a_configuration_names_its_task_through_the_registry(toy_registry):
+    config = parse_config('[objective]\ntask = "toy"\n[objective.settings]\nx = 0.1\n' + SPACE, "exp.toml")
+    assert config.objective == "toy" and config.settings == {"x": 0.1}
+    assert config.table.rows == ("mode",) and config.table.title == "exp: mean ± std by mode"
+    own = parse_config('[objective]\ntask = "toy"\n[table]\nrows = ["mode"]\ncolumns = ["epochs"]\n' + SPACE)
+    assert own.table.columns == ("epochs",)  # the study's own table wins
+
+
+@pytest.mark.parametrize("objective, message", [
+    ('task = "tyo"', "exp.toml: objective.task: no task named 'tyo'. Did you mean 'toy'? Available: "),
+    ('task = "toy"\n[objective.settings]\nepoch = 3',
+     "exp.toml: objective.settings: toy task: unknown setting 'epoch' (did you mean 'epochs'?)"),
+    ('task = "toy"\n[objective.settings]\nx = "high"', "objective.settings: toy task: x must be a number"),
+])
+def test_a_configuration_refuses_unknown_tasks_and_settings(toy_registry, objective, message):
+    with pytest.raises(ConfigError) as err:
+        parse_config(f"[objective]\n{objective}\n" + SPACE, "exp.toml")
+    assert message in str(err.value)

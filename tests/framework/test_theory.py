@@ -1,4 +1,5 @@
-"""Random-search theory (seed 004 eq. 2.20-2.22, table 2.2) and simulated replays (table 2.3)."""
+"""Random-search theory (Bertrand2019, eq. 2.20-2.22, table 2.2) and simulated replays (table
+2.3)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_table_2_2_is_reproduced_exactly(fraction: float, probability: float) ->
 
 
 def test_table_2_2_printed_values_and_rendering() -> None:
-    # the cells as printed in seed 004 (rows top 1 / 5 / 10 %, columns p > .5 / .95 / .99)
+    # the cells as printed in Bertrand2019 (rows top 1 / 5 / 10 %, columns p > .5 / .95 / .99)
     assert [list(row.values()) for row in table_2_2().values()] == [
         [69, 298, 458], [14, 59, 90], [7, 29, 44]
     ]
@@ -54,7 +55,7 @@ def test_table_2_2_printed_values_and_rendering() -> None:
 
 
 def test_table_2_2_needs_draws_without_replacement() -> None:
-    # independent draws need one more draw in two cells: the seed's table is without replacement
+    # independent draws need one more draw in two cells: Bertrand2019's table is without replacement
     with_replacement = table_2_2(replacement=True)
     assert with_replacement[0.01][0.95] == 299 and with_replacement[0.01][0.99] == 459
 
@@ -85,7 +86,7 @@ def test_expected_and_std_draws_match_the_distribution(
     std = math.sqrt(float(np.sum(pmf * (draws - mean) ** 2)))
     assert mean == pytest.approx(expected_draws(acceptable, total, replacement), rel=1e-6)
     assert std == pytest.approx(std_draws(acceptable, total, replacement), rel=1e-5)
-    assert expected_draws(1, 600) == 300.5  # the seed's "theoretical value of 300"
+    assert expected_draws(1, 600) == 300.5  # Bertrand2019's "theoretical value of 300"
 
 
 def test_draws_needed_is_the_smallest_sufficient_count() -> None:
@@ -112,7 +113,7 @@ def test_theory_argument_errors() -> None:
 
 # -- replay ---------------------------------------------------------------------------------------
 def skewed_objective(total: int = 150, seed: int = 0) -> TabulatedObjective:
-    """Losses shaped like seed 004 Fig. 2.7: a few good models, a long tail of bad ones."""
+    """Losses shaped like Bertrand2019, Fig. 2.7: a few good models, a long tail of bad ones."""
     rng = np.random.default_rng(seed)
     losses = 0.6 + rng.gamma(2.0, 0.15, size=total)
     space = SearchSpace([Int("model", 0, total - 1)])

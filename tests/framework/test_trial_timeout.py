@@ -18,6 +18,7 @@ from medtune.study import (
     StudyStore,
     TrialState,
     TrialTask,
+    RunOptions,
     make_executor,
     run_study,
     run_trial,
@@ -48,7 +49,7 @@ def test_inline_executor_stops_a_hanging_trial_and_the_study_completes(tmp_path,
     with StudyStore.create(tmp_path / "s.db") as store:
         clock = time.monotonic()
         summary = run_study(store, FakeSearcher(0), f"tests.framework.stop_fakes:{objective}",
-                            n_trials=4, trial_timeout=LIMIT, progress=False)
+                            RunOptions(n_trials=4, trial_timeout=LIMIT, progress=False))
         elapsed = time.monotonic() - clock
         assert summary.stop_reason == "n_trials" and summary.n_failed == 1
         _check_timed_out_study(store, elapsed, 4)
@@ -62,8 +63,8 @@ def test_process_executor_kills_a_hanging_worker_and_starts_another(tmp_path):
     with StudyStore.create(tmp_path / "s.db") as store:
         clock = time.monotonic()
         summary = run_study(store, FakeSearcher(0), "tests.framework.stop_fakes:hangs_on_index_1",
-                            "process", n_trials=5, n_workers=2, trial_timeout=LIMIT,
-                            progress=False)
+                            RunOptions(executor="process", n_trials=5, n_workers=2,
+                                       trial_timeout=LIMIT, progress=False))
         elapsed = time.monotonic() - clock
         assert summary.n_complete == 4 and summary.n_failed == 1
         _check_timed_out_study(store, elapsed, 5)
@@ -78,8 +79,9 @@ def test_ray_executor_cancels_a_hanging_task(tmp_path, ray_cluster):
     with StudyStore.create(tmp_path / "s.db") as store:
         clock = time.monotonic()
         summary = run_study(store, FakeSearcher(0), "tests.framework.stop_fakes:hangs_on_index_1",
-                            "ray", n_trials=4, n_workers=2, trial_timeout=LIMIT,
-                            progress=False, executor_options={"address": ray_cluster})
+                            RunOptions(executor="ray", n_trials=4, n_workers=2,
+                                       trial_timeout=LIMIT, progress=False,
+                                       executor_options={"address": ray_cluster}))
         elapsed = time.monotonic() - clock
         assert summary.n_complete == 3 and summary.n_failed == 1
         _check_timed_out_study(store, elapsed, 4)
@@ -115,7 +117,7 @@ def test_a_task_declares_its_limit_and_the_study_overrides_it():
         assert make_executor("inline", objective, trial_timeout=7).trial_timeout == 7.0
         assert make_executor("inline", objective, trial_timeout=0).trial_timeout is None
     # the built-in tasks declare none: a trial lasts as long as its settings ask
-    task = ConfiguredObjective("medtune.tasks.segmentation:train_segmentation")
+    task = ConfiguredObjective("segmentation")
     assert task.trial_timeout is None
     assert make_executor("inline", task).trial_timeout is None
     with pytest.raises(ExecutorError, match="trial_timeout must be a positive number"):
@@ -125,8 +127,8 @@ def test_a_task_declares_its_limit_and_the_study_overrides_it():
 def test_a_declared_timeout_stops_a_study_without_a_study_setting(tmp_path, monkeypatch):
     monkeypatch.setattr(stop_fakes.hangs_on_index_1, "trial_timeout", 0.5, raising=False)
     with StudyStore.create(tmp_path / "s.db") as store:
-        summary = run_study(store, FakeSearcher(0), stop_fakes.hangs_on_index_1, n_trials=3,
-                            progress=False)
+        summary = run_study(store, FakeSearcher(0), stop_fakes.hangs_on_index_1,
+                            RunOptions(n_trials=3, progress=False))
         assert summary.n_failed == 1
         (hung,) = store.trials([TrialState.FAIL])
         assert hung.failure_reason is FailureReason.TIMEOUT and "0.5 s" in hung.traceback

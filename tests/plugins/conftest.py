@@ -15,7 +15,7 @@ def small_lesion_batch(
     """Noisy images [count, 1, size, size] with a few small bright discs and their masks.
 
     Disc radii are 2-4 pixels (about 12-50 pixels each, under 2 % of the image), the
-    small-target regime of seed 002.
+    small-target regime of Seo2021.
     """
     generator = torch.Generator().manual_seed(seed)
     ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")

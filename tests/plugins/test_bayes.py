@@ -148,12 +148,12 @@ def test_maximize_finds_the_maximum_of_minus_branin(fixed_hyper: list[int]) -> N
     config, value = searcher.best
     assert value == max(v for _, v in history) and value > -0.5
     assert value == pytest.approx(-branin(config))
-    # the tag predicts the told value (with its noise), in the told direction: negative here
+    # the tag predicts the score the searcher minimises (with its noise): -value, positive here
     suggestion = searcher.ask()
     mean, variance = searcher.gp.predict(searcher.encoder.encode([suggestion.config]), noise=True)
-    assert suggestion.tag["model"]["mean"] == pytest.approx(-float(mean))
+    assert suggestion.tag["model"]["mean"] == pytest.approx(float(mean))
     assert suggestion.tag["model"]["std"] == pytest.approx(math.sqrt(float(variance)))
-    assert suggestion.tag["model"]["mean"] < 0
+    assert suggestion.tag["model"]["mean"] > 0
 
 
 def test_finite_space_is_scored_exhaustively(fixed_hyper: list[int]) -> None:
@@ -445,15 +445,16 @@ def test_two_process_workers_stay_busy_with_fantasies(tmp_path, monkeypatch):
     """A study with two process workers: after the initial phase the searcher is asked while
     a trial is still running, and its suggestion (with that trial as a fantasy) runs in
     parallel with it."""
-    from medtune.study import StudyStore, TrialState, run_study
+    from medtune.study import RunOptions, StudyStore, TrialState, run_study
 
     monkeypatch.setenv("MEDTUNE_TEST_SLEEP", "0.3")
     space = SearchSpace([Float("x", -2.0, 2.0)])
     searcher = medtune.create("searcher", "bayes", space=space, seed=0, n_initial=2,
                               restarts=0, **FAST)
     with StudyStore.create(tmp_path / "s.db") as store:
-        summary = run_study(store, searcher, "tests.framework.study_fakes:sleeps", "process",
-                            n_trials=8, n_workers=2, progress=False)
+        summary = run_study(store, searcher, "tests.framework.study_fakes:sleeps",
+                            RunOptions(executor="process", n_trials=8, n_workers=2,
+                                       progress=False))
         assert summary.n_complete == 8
         trials = sorted(store.trials([TrialState.COMPLETE]), key=lambda t: t.started)
     modelled = [t for t in trials if t.tag.get("model")]

@@ -1,5 +1,5 @@
-"""The ``implicit`` deformation plugin (seed 004, eq. 4.3-4.6): it recovers a known similarity of the
-template on a clean phantom, refines from a given G and L without folding, and rejects bad input."""
+"""The ``implicit`` deformation plugin (Bertrand2019, eq. 4.3-4.6): it recovers a known similarity of
+the template on a clean phantom, refines from a given G and L without folding, and rejects bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Density-weighted regression loss (seed 001, ch. 6.3.3-6.3.5)."""
+"""Density-weighted regression loss (Pourchot2022, ch. 6.3.3-6.3.5)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from medtune.plugins.losses import DensityWeightedLoss, LossError
 
 
 def skewed_ages(count: int = 400, seed: int = 0) -> np.ndarray:
-    """Bone-age-like labels heavily skewed towards 13 (seed 001, Fig. 6.3a)."""
+    """Bone-age-like labels heavily skewed towards 13 (Pourchot2022, Fig. 6.3a)."""
     rng = np.random.default_rng(seed)
     common = rng.normal(13.0, 1.0, size=int(count * 0.85))
     rare = rng.uniform(5.0, 17.0, size=count - common.size)

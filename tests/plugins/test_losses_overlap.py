@@ -65,7 +65,7 @@ def test_losses_are_registered_as_plugins() -> None:
 
 
 def glf_eq1(stats: kernels.GLFStats, alpha_p: float, alpha_n: float, beta2: float) -> torch.Tensor:
-    """Seed 002 eq. 1 written literally: 1 - (1 + b2) / (1/P_aP + b2/R_aN)."""
+    """Seo2021, eq. 1 written literally: 1 - (1 + b2) / (1/P_aP + b2/R_aN)."""
     tp, fp, fn = stats
     precision = tp / (tp + alpha_p * fp)
     recall = tp / (tp + alpha_n * fn)
@@ -151,16 +151,16 @@ def test_agrees_with_monai(name: str, dims: int, channels: int, activation: str)
 
 
 def test_label_maps_reach_the_kernel_unexpanded(monkeypatch: pytest.MonkeyPatch) -> None:
-    import medtune.plugins.losses.overlap as overlap
+    import medtune.losses as losses
 
     seen = []
-    original = overlap.glf_loss
+    original = losses.glf_loss
 
     def spy(input, target, *args, **kwargs):  # type: ignore[no-untyped-def]
         seen.append((target.dtype, tuple(target.shape)))
         return original(input, target, *args, **kwargs)
 
-    monkeypatch.setattr(overlap, "glf_loss", spy)
+    monkeypatch.setattr(losses, "glf_loss", spy)
     logits, labels, _ = random_case(dims=3, channels=4)
     DiceLoss(softmax=True, to_onehot_y=True)(logits, labels)
     DiceLoss(softmax=True, to_onehot_y=True)(logits, labels.to(torch.float32))  # MONAI casts too

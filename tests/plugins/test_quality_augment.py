@@ -1,4 +1,4 @@
-"""The DQE training augmentation (seed 000, sec. 2): every transform keeps the shape, changes the
+"""The DQE training augmentation (Kofler2022, sec. 2): every transform keeps the shape, changes the
 slice when drawn, is reproducible from its seed; labels only follow the spatial transforms."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The brain-tumour phantom, its degraded segmentations, the simulated raters and the loader of
-real ratings (seed 000's data, simulated)."""
+real ratings (Kofler2022's data, simulated)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The DQE quality estimator (seed 000): inputs, training, prediction, checkpoints, the registry."""
+"""The DQE quality estimator (Kofler2022): inputs, training, prediction, checkpoints, registry."""
 
 from __future__ import annotations
 
@@ -84,9 +84,9 @@ def test_ratings_are_standardised_and_the_width_is_configurable():
 def test_estimator_learns_the_phantom_ratings():
     """A small training on the brain-tumour phantom: the held-out predictions follow the mean
     simulated rating (r clearly positive, bootstrap interval above 0) and beat the best constant."""
-    from medtune.tasks.quality import train_quality
+    from medtune.plugins.tasks.quality import QualityTask
 
-    metrics = train_quality({"architecture": "densenet121", "init_features": 8, "growth_rate": 4,
+    metrics = QualityTask()({"architecture": "densenet121", "init_features": 8, "growth_rate": 4,
                              "train_exams": 40, "test_exams": 12, "external_exams": 4, "epochs": 6,
                              "lr": 3e-3, "batch_size": 32, "augment": False, "bootstrap": 500,
                              "threads": 1}, seed=0)

@@ -1,8 +1,12 @@
-"""Searcher plugins: grid, random, hyperband, evolution and local, behind ask/tell."""
+"""Searchers behind ask/tell: the contract suite that every registered searcher passes (built in
+or from a plugin package), then what each built-in searcher does."""
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable
 
@@ -10,15 +14,21 @@ import numpy as np
 import pytest
 
 import medtune
-from medtune.plugins.searchers import (
-    EvolutionSearcher,
-    HyperbandSearcher,
+import medtune.registry as registry_module
+from medtune.plugins.searchers import EvolutionSearcher, HyperbandSearcher, bracket_plan
+from medtune.registry import Registry
+from medtune.search import (
+    Categorical,
+    Float,
+    Int,
+    Ordinal,
     Searcher,
     SearcherError,
+    SearchSpace,
     Suggestion,
-    bracket_plan,
 )
-from medtune.search import Categorical, Float, Int, Ordinal, SearchSpace
+from medtune.study import RunOptions, StudyRunError, StudyStore, TrialState, run_study
+from tests.conftest import python_path
 
 GRID_2D = SearchSpace([Int("x", 0, 20), Int("y", 0, 20)])
 
@@ -55,37 +65,207 @@ def drive(searcher: Searcher, objective: Callable[[dict], float | None], limit: 
     return history
 
 
+# -- the contract suite: every registered searcher, and the fixture plugin's ---------------------
+#: searchers of the fixture plugin packages: name -> (fixture, distribution)
+PLUGIN_SEARCHERS = {"jitter": ("example_plugin", "medtune-example-plugin")}
+
+#: options that keep a searcher quick on `mixed_space` (the others need none)
+CONTRACT_OPTIONS: dict[str, dict] = {
+    "grid": {"grid_points": 3},
+    "hyperband": {"R": 9, "eta": 3, "iterations": None},
+    "bohb": {"R": 9, "eta": 3, "restarts": 0, "refit_every": 8, "candidates": 64,
+             "local_candidates": 16, "refine_steps": 5},
+    "bayes": {"n_initial": 4, "restarts": 0, "refit_every": 8, "candidates": 64,
+              "local_candidates": 16, "refine_steps": 5},
+    "evolution": {"budget": 1000},
+}
+
+
+@pytest.fixture(params=list(dict.fromkeys([*medtune.available("searcher"), *PLUGIN_SEARCHERS])))
+def contract(request, monkeypatch) -> tuple[str, Callable[..., Searcher]]:
+    """``(name, make)``: ``make(**arguments)`` builds the searcher ``name`` on `mixed_space`
+    through the plugin registry (one that sees the fixture plugin, for its searchers)."""
+    name = request.param
+    if name in PLUGIN_SEARCHERS:
+        fixture, distribution = PLUGIN_SEARCHERS[name]
+        monkeypatch.syspath_prepend(str(request.getfixturevalue("installed_plugins")[fixture]))
+        registry = Registry()
+        assert registry.get("searcher", name).plugin.distribution == distribution
+        monkeypatch.setattr(registry_module, "_REGISTRY", registry)
+
+    def make(**arguments) -> Searcher:
+        options = {"space": mixed_space(), **CONTRACT_OPTIONS.get(name, {}), **arguments}
+        return medtune.create("searcher", name, **options)
+
+    return name, make
+
+
+def failing_every_fourth(suggestion: Suggestion) -> float | None:
+    """`mixed_objective`, except that every fourth suggestion fails."""
+    return None if suggestion.id % 4 == 1 else mixed_objective(suggestion.config)
+
+
+def interleaved(make: Callable[..., Searcher], seed: int) -> list[tuple]:
+    """A parallel-looking run: up to 3 outstanding suggestions, told out of order, some of
+    them failures."""
+    searcher = make(seed=seed)
+    pending: list[Suggestion] = []
+    record = []
+    step = 0
+    while (not searcher.finished or pending) and step < 48:
+        step += 1
+        suggestion = searcher.ask() if len(pending) < 3 else None
+        if suggestion is not None:
+            record.append(("ask", suggestion.id, suggestion.config, suggestion.resource,
+                           suggestion.tag))
+            pending.append(suggestion)
+            continue
+        assert pending, "nothing pending, not finished, yet no suggestion"
+        done = pending.pop(step % len(pending))
+        value = failing_every_fourth(done)
+        searcher.tell(done, value, failed=value is None)
+        record.append(("tell", done.id, value))
+    return record
+
+
 def test_builtin_searchers_are_registered() -> None:
-    assert {"grid", "random", "hyperband", "evolution", "local"} <= set(medtune.available("searcher"))
-    searcher = medtune.create("searcher", "random", space=GRID_2D, seed=0, direction="maximize")
-    assert isinstance(searcher, Searcher) and searcher.direction == "maximize"
+    assert {"grid", "random", "bayes", "hyperband", "bohb", "evolution", "local"} <= set(
+        medtune.available("searcher"))
 
 
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"direction": "down"}, "direction must be 'minimize' or 'maximize'"),
-        ({"on_failure": "ignore"}, "on_failure must be 'exclude'"),
-        ({"max_trials": -1}, "max_trials must be an integer >= 0"),
-        ({"space": {"x": {"type": "int", "low": 0}}}, r"space\.x\.high: missing"),
-    ],
-)
-def test_option_errors(options: dict, message: str) -> None:
-    arguments = {"space": GRID_2D, "seed": 0, **options}
-    with pytest.raises((SearcherError, ValueError), match=message):
-        medtune.create("searcher", "random", **arguments)
+def test_contract_a_searcher_takes_the_shared_arguments(contract) -> None:
+    name, make = contract
+    searcher = make(seed=3, direction="maximize", on_failure="penalize", penalty=2.0,
+                    max_trials=7)
+    assert isinstance(searcher, Searcher) and searcher.name == name
+    assert (searcher.seed, searcher.direction, searcher.on_failure, searcher.penalty,
+            searcher.max_trials) == (3, "maximize", "penalize", 2.0, 7)
+    assert searcher.space == mixed_space()
+    assert searcher.planned_trials is None or searcher.planned_trials <= 7
+    assert (searcher.asked, searcher.pending, searcher.best) == (0, [], None)
 
 
-def test_tell_checks_the_suggestion() -> None:
-    searcher = medtune.create("searcher", "random", space=GRID_2D, seed=0)
-    suggestion = searcher.ask()
+@pytest.mark.parametrize(("arguments", "message"), [
+    ({"direction": "down"}, "direction must be 'minimize' or 'maximize', got 'down'"),
+    ({"on_failure": "ignore"}, "on_failure must be 'exclude' or 'penalize'"),
+    ({"penalty": math.nan}, "penalty must be a finite number or None, got nan"),
+    ({"penalty": "high"}, "penalty must be a finite number or None"),
+    ({"max_trials": -1}, "max_trials must be an integer >= 0 or None"),
+    ({"seed": "zero"}, "seed must be an integer"),
+    ({"space": "x in [0, 1]"}, "space must be a SearchSpace or its TOML table"),
+])
+def test_contract_the_shared_arguments_are_checked_by_name(contract, arguments, message) -> None:
+    name, make = contract
+    with pytest.raises(SearcherError, match=f"^{name}: {message}"):
+        make(**arguments)
+
+
+def test_contract_ask_and_tell_keep_the_books(contract) -> None:
+    _, make = contract
+    searcher = make(seed=0)
+    asked = [searcher.ask() for _ in range(3)]
+    asked = [s for s in asked if s is not None]
+    assert asked and [s.id for s in asked] == list(range(len(asked)))
+    assert searcher.pending == asked and searcher.asked == len(asked)
+    for suggestion in asked:
+        assert mixed_space().validate(suggestion.config) == suggestion.config
+    first = asked[0]
+    forged = Suggestion({**first.config, "width": 1234}, first.resource, {}, first.id)
     with pytest.raises(SearcherError, match="was asked with config"):
-        searcher.tell(Suggestion({"x": 0, "y": 0}, None, {}, suggestion.id), 1.0)
-    searcher.tell(suggestion, 1.0)
-    with pytest.raises(SearcherError, match="is not pending"):
-        searcher.tell(suggestion, 1.0)
+        searcher.tell(forged, 1.0)
     with pytest.raises(SearcherError, match="must be a number or None"):
-        searcher.tell(searcher.ask(), "good")
+        searcher.tell(first, "good")
+    searcher.tell(first, 1.0)
+    with pytest.raises(SearcherError, match="is not pending"):
+        searcher.tell(first, 1.0)
+    for suggestion in asked[1:]:  # results may come in any order
+        searcher.tell(suggestion, None, failed=True)
+    assert searcher.pending == []
+
+
+def test_contract_same_seed_and_same_tells_give_the_same_suggestions(contract) -> None:
+    name, make = contract
+    first = interleaved(make, seed=5)
+    assert first == interleaved(make, seed=5)
+    assert sum(1 for event in first if event[0] == "ask") >= 20
+    if name != "grid":  # the grid's order does not depend on the seed
+        assert first != interleaved(make, seed=6)
+
+
+@pytest.mark.parametrize("policy", ["exclude", "penalize"])
+def test_contract_the_base_class_applies_direction_and_failure_policy(contract, policy) -> None:
+    """Maximising -f proposes exactly what minimising f does: the direction is applied in one
+    place, before the searcher sees a result. Failures never count as the best result."""
+    _, make = contract
+    runs = {}
+    for direction, sign in (("minimize", 1.0), ("maximize", -1.0)):
+        # a penalty better than any value: still, a failure is never the best result
+        searcher = make(seed=2, direction=direction, on_failure=policy, penalty=-sign * 1e3)
+        history = []
+        while len(history) < 24 and not searcher.finished:
+            suggestion = searcher.ask()
+            value = failing_every_fourth(suggestion)
+            searcher.tell(suggestion, None if value is None else sign * value,
+                          failed=value is None)
+            history.append((suggestion.id, suggestion.config, suggestion.resource))
+        runs[direction] = (history, searcher.best)
+    (minimised, best), (maximised, best_maximised) = runs["minimize"], runs["maximize"]
+    assert minimised == maximised and len(minimised) == 24
+    if best is not None:  # a multi-fidelity searcher's best needs a full-budget result
+        assert best_maximised == (best[0], -best[1])
+        assert best[1] == mixed_objective(best[0])
+        assert any(c == best[0] and i % 4 != 1 for i, c, _ in minimised)  # not a failure
+
+
+def test_contract_max_trials_ends_the_search(contract) -> None:
+    _, make = contract
+    searcher = make(seed=0, max_trials=5)
+    for _ in range(5):
+        suggestion = searcher.ask()
+        searcher.tell(suggestion, mixed_objective(suggestion.config))
+    assert searcher.finished and searcher.ask() is None and searcher.asked == 5
+    assert searcher.planned_trials is None or searcher.planned_trials <= 5
+
+
+def test_contract_a_study_runs_the_searcher(contract, tmp_path) -> None:
+    _, make = contract
+    with StudyStore.create(tmp_path / "s.db", direction="maximize", seed=4) as store:
+        searcher = make(seed=store.seed, direction="maximize")
+        summary = run_study(store, searcher, peak, RunOptions(n_trials=6, progress=False))
+        trials = store.trials()
+    assert summary.n_complete == 6 and searcher.asked == 6
+    assert all(mixed_space().validate(t.config) == t.config for t in trials)
+    with StudyStore.create(tmp_path / "other.db", direction="maximize") as store:
+        with pytest.raises(StudyRunError, match="build it with direction='maximize'"):
+            run_study(store, make(seed=0), peak, RunOptions(n_trials=1, progress=False))
+        assert store.count() == 0
+
+
+def peak(config, resource, seed, report) -> float:
+    """An objective to maximise over `mixed_space`."""
+    return -mixed_objective(config)
+
+
+def test_a_plugin_searcher_runs_a_study_from_the_command_line(installed_plugins, tmp_path):
+    """`medtune run` with the fixture plugin's searcher, the package found on PYTHONPATH."""
+    storage = tmp_path / "jitter.sqlite"
+    config = tmp_path / "jitter.toml"
+    config.write_text(
+        f'[study]\nname = "jitter"\ndirection = "minimize"\nn_trials = 8\nseed = 1\n'
+        f'storage = "{storage}"\n\n[searcher]\nname = "jitter"\nexploit = 0.9\nwarmup = 2\n\n'
+        '[objective]\nfunction = "tests.framework.study_fakes:quadratic"\n\n'
+        '[space.x]\ntype = "float"\nlow = -1.0\nhigh = 1.0\n')
+    env = dict(os.environ, COLUMNS="200", PYTHONPATH=os.pathsep.join(
+        [str(installed_plugins["example_plugin"]), python_path()]))
+    result = subprocess.run([sys.executable, "-m", "medtune.cli", "run", str(config)],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Stopped (n_trials)" in result.stdout
+    with StudyStore(storage, read_only=True) as store:
+        trials = store.trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 8
+    origins = Counter(t.tag["origin"] for t in trials)
+    assert origins["random"] >= 2 and origins["mutation"] >= 1
 
 
 # -- grid and random -------------------------------------------------------------------------------
@@ -155,7 +335,7 @@ def test_bracket_plan_matches_li_et_al_for_R81_eta3() -> None:
         ((8, 27), (2, 81)),
         ((5, 81),),
     ]
-    # the seed's setting (sec. 2.5.3): R = 27 minutes, eta = 3
+    # Bertrand2019's setting (sec. 2.5.3): R = 27 minutes, eta = 3
     assert [p.rungs[0] for p in bracket_plan(27, 3)] == [(27, 1), (12, 3), (6, 9), (4, 27)]
     # each bracket uses about the same budget, (s_max + 1) R
     assert all(p.budget <= 5 * 81 * 1.5 for p in plans)
@@ -286,7 +466,7 @@ def test_mutation_rate_decays_from_one_to_one_over_d() -> None:
     rates = [searcher.mutation_rate(t) for t in range(101)]
     assert rates[0] == 1.0 and rates[-1] == pytest.approx(1 / 2) and rates[50] == pytest.approx(0.75)
     assert all(a >= b for a, b in zip(rates, rates[1:]))
-    space = SearchSpace([Categorical(f"c{i}", ["a", "b"]) for i in range(45)])  # seed 001: d = 45
+    space = SearchSpace([Categorical(f"c{i}", ["a", "b"]) for i in range(45)])  # Pourchot2022
     geometric = EvolutionSearcher(space, budget=11, schedule="geometric")
     assert geometric.mutation_rate(10) == pytest.approx(1 / 45)
     assert geometric.mutation_rate(5) == pytest.approx(math.sqrt(1 / 45))
@@ -397,59 +577,3 @@ def test_local_failure_policies(policy: str) -> None:
     following = searcher.ask()
     assert following.config != {"x": 10, "y": 12}
     assert following.tag["step"] == 1  # it moved to the best trainable neighbour instead
-
-
-def test_maximize() -> None:
-    upside_down = lambda c: -bowl(c)  # noqa: E731
-    for name in ("local", "evolution", "random"):
-        searcher = medtune.create("searcher", name, space=GRID_2D, seed=1, direction="maximize",
-                                  max_trials=200)
-        drive(searcher, upside_down)
-        assert searcher.best[1] >= -2, name
-
-
-# -- reproducibility -------------------------------------------------------------------------------
-SEARCHERS = [
-    ("grid", GRID_2D, {}),
-    ("random", mixed_space(), {"max_trials": 60}),
-    ("hyperband", mixed_space(), {"R": 27, "eta": 3}),
-    ("evolution", mixed_space(), {"budget": 60}),
-    ("local", mixed_space(), {"max_trials": 60}),
-    ("local", GRID_2D, {"strategy": "first", "max_trials": 60}),
-]
-
-
-def interleaved(name: str, space: SearchSpace, options: dict, seed: int,
-                failures: bool = True) -> list[tuple]:
-    """A parallel-looking run: up to 3 outstanding suggestions, told out of order."""
-    searcher = medtune.create("searcher", name, space=space, seed=seed, **options)
-    objective = bowl if space is GRID_2D else mixed_objective
-    pending: list[Suggestion] = []
-    record = []
-    step = 0
-    while (not searcher.finished or pending) and step < 400:
-        step += 1
-        suggestion = searcher.ask() if len(pending) < 3 else None
-        if suggestion is not None:
-            record.append(("ask", suggestion.id, suggestion.config, suggestion.resource,
-                           suggestion.tag))
-            pending.append(suggestion)
-            continue
-        done = pending.pop(step % len(pending))
-        fails = failures and done.id % 7 == 3
-        value = None if fails else objective(done.config)
-        searcher.tell(done, value, failed=fails)
-        record.append(("tell", done.id, value))
-    return record
-
-
-@pytest.mark.parametrize(("name", "space", "options"), SEARCHERS,
-                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(SEARCHERS)])
-def test_same_seed_and_same_tells_give_the_same_suggestions(
-    name: str, space: SearchSpace, options: dict
-) -> None:
-    first = interleaved(name, space, options, seed=5)
-    assert first == interleaved(name, space, options, seed=5)
-    assert sum(1 for event in first if event[0] == "ask") >= 40
-    if name not in ("grid",):
-        assert first != interleaved(name, space, options, seed=6)

@@ -1,5 +1,5 @@
-"""The ``template`` deformation plugin (seed 004, sec. 4.4): identity at initialisation, gradients to
-both heads, a loss that decreases with training, one connected component, template choice and
+"""The ``template`` deformation plugin (Bertrand2019, sec. 4.4): identity at initialisation, gradients
+to both heads, a loss that decreases with training, one connected component, template choice and
 clear errors on bad input."""
 
 from __future__ import annotations

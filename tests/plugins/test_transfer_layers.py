@@ -1,4 +1,4 @@
-"""Transfer layers (seed 004, sec. 3.3-3.4): identity at initialisation, gradients reach the
+"""Transfer layers (Bertrand2019, sec. 3.3-3.4): identity at initialisation, gradients reach the
 predictors, the wrapped backbone is left as it was, the added parameters are counted, partial
 fine-tuning freezes exactly the chosen layers, and bad arguments raise clear errors."""
 

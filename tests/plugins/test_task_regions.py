@@ -1,4 +1,4 @@
-"""The regions task (seed 003): a three-class UNet on the ring phantom that returns per-region
+"""The regions task (Rukundo2021): a three-class UNet on the ring phantom that returns per-region
 and global accuracy, IoU and BF score, and difference images drawn by its report figures."""
 
 from __future__ import annotations
@@ -8,18 +8,19 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from medtune.config import TASKS
 from medtune.errors import MedtuneError
-from medtune.study.store import Trial, TrialState
-from medtune.tasks.regions import (
+from medtune.plugins.tasks.regions import (
     DIFFERENCE_CODES,
     REGIONS,
+    RegionsTask,
     difference_image,
     region_metrics,
     report_figures,
-    train_regions,
 )
+from medtune.study.store import Trial, TrialState
+from medtune.tasks import load_task
 
+train_regions = RegionsTask()
 TINY = {"train_size": 8, "val_size": 4, "epochs": 1, "batch_size": 4, "width": 4,
         "image_size": 64, "difference_cases": 2}
 
@@ -33,7 +34,7 @@ def _rings() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_registered_as_a_task():
-    assert TASKS["regions"] == "medtune.tasks.regions:train_regions"
+    assert isinstance(load_task("regions"), RegionsTask)
 
 
 def test_perfect_prediction_scores_one_everywhere():

@@ -1,4 +1,4 @@
-"""The template-deformation task (seed 004, table 4.2) at a tiny scale: every method trains for one
+"""The template-deformation task (Bertrand2019, table 4.2) at a tiny scale: every method trains for one
 epoch, reports, and returns the table's metrics; bad settings are refused."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ import math
 import pytest
 
 from medtune.errors import MedtuneError
-from medtune.tasks.template import METHODS, train_template
+from medtune.plugins.tasks.template import METHODS, TemplateTask
 
+train_template = TemplateTask()
 TINY = {"image_size": 32, "train_size": 5, "val_size": 5, "epochs": 1, "batch_size": 2, "threads": 1,
         "implicit_options": {"global_iterations": 3, "local_iterations": 3, "widths": [1.0]}}
 KEYS = {"value", "dice_adult", "dice_child", "components", "seconds_per_epoch", "parameters"}

@@ -1,4 +1,4 @@
-"""The built-in transfer task (seed 004, table 3.1) runs every method at a tiny scale and returns
+"""The built-in transfer task (Bertrand2019, table 3.1) runs every method at a tiny scale and returns
 its metrics as a dict of finite floats."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import pytest
 
 from medtune.config import load_config
 from medtune.errors import MedtuneError
-from medtune.tasks.transfer import METHODS, _settings, train_transfer
+from medtune.plugins.tasks.transfer import METHODS, TransferTask
 
+train_transfer = TransferTask()
 TINY = {"image_size": 32, "train_adults": 3, "test_adults": 2, "train_children": 2, "test_children": 2,
         "width": 2, "hidden": 2, "batch_size": 2, "source_epochs": 1, "epochs": 1}
 KEYS = {"value", "dice_adult", "dice_child", "parameters_added", "parameters_trained", "seconds_per_epoch"}
@@ -62,8 +63,8 @@ def test_partial_layers_out_of_range():
 
 def test_the_example_study_names_every_method_and_valid_settings():
     config = load_config(Path(__file__).resolve().parents[2] / "examples" / "transfer_organs.toml")
-    assert config.objective == "medtune.tasks.transfer:train_transfer"
+    assert config.objective == "transfer"
     assert config.searcher == "grid" and config.searcher_options.get("repeats") == 3
     assert config.space["method"]["choices"] == list(METHODS)
     assert config.table is not None and config.table.rows == ("method",)
-    _settings(config.settings)  # every fixed setting is one the task knows
+    train_transfer.validate(config.settings)  # every fixed setting is one the task knows

@@ -1,9 +1,9 @@
-"""The ask/tell interface every searcher implements, and the bookkeeping they share.
+"""The searcher contract: the ask/tell interface every searcher implements, built in or not.
 
-A study loop asks for a :class:`Suggestion`, trains the configuration (for ``resource`` units
+A study loop asks for a :class:`Suggestion`, trains its configuration (for ``resource`` units
 of budget, e.g. epochs, or fully when ``resource`` is None) and tells the searcher the value::
 
-    searcher = medtune.create("searcher", "random", space=space, seed=0, direction="minimize")
+    searcher = medtune.create("searcher", "random", space=space, seed=0, direction="maximize")
     while not searcher.finished:
         suggestion = searcher.ask()
         if suggestion is None:       # waiting for results of suggestions still running
@@ -11,24 +11,26 @@ of budget, e.g. epochs, or fully when ``resource`` is None) and tells the search
             continue
         searcher.tell(suggestion, train(suggestion.config, suggestion.resource))
 
-Several suggestions may be outstanding at once, and results may be told in any order.
+Several suggestions may be outstanding at once, and results may be told in any order. A
+searcher is told outcomes as they are: the objective's value, or a failure (``failed=True``,
+None or NaN). :meth:`Searcher.tell` is the one place that applies a study's direction (every
+searcher minimises a *score*: the value, negated for ``"maximize"``) and its failure policy
+(``"exclude"`` leaves a failed configuration out; ``"penalize"`` counts it as ``penalty``, by
+default the worst score told so far; Bertrand2019, sec. 2.6.3, and docs/search.md weigh the
+two); the study runner and the replays only report outcomes.
 
 Reproducibility: a searcher's suggestions are a deterministic function of its seed and of the
 sequence of calls it received (asks, and tells with their values), so a resumed study that
 replays the same asks and tells, in the same order, gets the same suggestions back.
-
-Failures (seed 004, sec. 2.6.3). A trial that failed (``failed=True``, a ``None`` or NaN
-value) is handled by the ``on_failure`` policy: ``"exclude"`` (default) leaves the
-configuration out: it is never proposed again and never counts as a result; ``"penalize"``
-counts it as the value ``penalty`` (default: the worst value observed so far), which steers
-model-based and local searchers away from its region, at the cost of valid neighbours.
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
 import math
 from collections.abc import Mapping
+from numbers import Real
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,12 +39,22 @@ import numpy as np
 from medtune.errors import MedtuneError
 from medtune.search.space import SearchSpace
 
+#: What a study does with its objective's values.
 DIRECTIONS = ("minimize", "maximize")
+#: What a searcher makes of a failed trial (see the module docstring).
 FAILURE_POLICIES = ("exclude", "penalize")
 
 
 class SearcherError(MedtuneError, ValueError):
     """A searcher was built with invalid options or told something it did not ask."""
+
+
+def to_score(value: float, direction: str) -> float:
+    """``value`` as a score to minimise: itself for ``"minimize"``, negated for ``"maximize"``.
+
+    The negation is its own inverse: a score goes back to a value the same way.
+    """
+    return value if direction == "minimize" else -value
 
 
 @dataclass
@@ -75,20 +87,24 @@ class Proposal:
 class Searcher(abc.ABC):
     """Base class of searchers: ids, pending suggestions, direction and failure policy.
 
-    Scores: internally every searcher minimises a *score*, the told value for
-    ``direction="minimize"`` and its negation for ``"maximize"``. A subclass implements
-    :meth:`_propose` (the next proposal, or None when it must wait) and :meth:`_observe`
-    (a result as a score, or None for a failure left out under ``on_failure="exclude"``),
-    and may override :meth:`_exhausted`.
+    A subclass takes its own options as keyword arguments and passes the shared ones on
+    (``def __init__(self, space, *, my_option=1, **shared): super().__init__(space,
+    **shared)``); it implements :meth:`_propose` (the next proposal, or None when it must wait)
+    and :meth:`_observe` (a result as a score, lower is better), and may override
+    :meth:`_exhausted` and :meth:`_planned`. It never looks at the direction itself:
+    :meth:`_as_score` and :meth:`_as_value` convert.
 
     Args:
         space: the search space (a :class:`SearchSpace` or its TOML table).
-        seed: seed of the searcher's random generator.
+        seed: seed of the searcher's random generator (:attr:`rng`).
         direction: ``"minimize"`` or ``"maximize"`` the told values.
         on_failure: ``"exclude"`` or ``"penalize"`` failed trials (see the module docstring).
         penalty: the value a failed trial counts as under ``"penalize"``; None for the worst
-            value observed so far (or a value worse than any, before the first result).
+            value told so far (or a score worse than any, before the first result).
         max_trials: stop proposing after this many suggestions (None: no limit).
+
+    Raises:
+        SearcherError: an argument is invalid; the message names the searcher.
     """
 
     name: ClassVar[str] = "searcher"
@@ -96,6 +112,7 @@ class Searcher(abc.ABC):
     def __init__(
         self,
         space: SearchSpace | Mapping[str, Any],
+        *,
         seed: int = 0,
         direction: str = "minimize",
         on_failure: str = "exclude",
@@ -109,16 +126,17 @@ class Searcher(abc.ABC):
                 f"{self.name}: space must be a SearchSpace or its TOML table, got {space!r}"
             )
         if direction not in DIRECTIONS:
-            raise SearcherError(
-                f"{self.name}: direction must be 'minimize' or 'maximize', got {direction!r}"
-            )
+            raise SearcherError(f"{self.name}: direction must be {_either(DIRECTIONS)}, got "
+                                f"{direction!r}")
         if on_failure not in FAILURE_POLICIES:
             raise SearcherError(
-                f"{self.name}: on_failure must be 'exclude' (leave failed configurations out) "
-                f"or 'penalize' (count them as the penalty value), got {on_failure!r}"
+                f"{self.name}: on_failure must be {_either(FAILURE_POLICIES)} (leave failed "
+                f"configurations out, or count them as the penalty value), got {on_failure!r}"
             )
-        if penalty is not None and not (isinstance(penalty, (int, float)) and not math.isnan(penalty)):
-            raise SearcherError(f"{self.name}: penalty must be a number, got {penalty!r}")
+        if penalty is not None and (isinstance(penalty, bool) or not isinstance(penalty, Real)
+                                    or not math.isfinite(penalty)):
+            raise SearcherError(f"{self.name}: penalty must be a finite number or None, got "
+                                f"{penalty!r}")
         if max_trials is not None and (
             not isinstance(max_trials, (int, np.integer)) or isinstance(max_trials, bool)
             or max_trials < 0
@@ -157,10 +175,10 @@ class Searcher(abc.ABC):
         return suggestion
 
     def tell(self, suggestion: Suggestion, value: float | None, failed: bool = False) -> None:
-        """Report the result of ``suggestion`` (any order among pending suggestions).
+        """Report the outcome of ``suggestion`` (any order among pending suggestions).
 
-        ``value`` None or NaN, or ``failed=True``, marks a failed trial, handled by the
-        ``on_failure`` policy.
+        ``value`` is the objective's, in the searcher's direction; None or NaN, or
+        ``failed=True``, marks a failed trial, handled by the ``on_failure`` policy.
         """
         asked = self._pending.get(getattr(suggestion, "id", None))  # type: ignore[arg-type]
         if asked is None:
@@ -188,7 +206,7 @@ class Searcher(abc.ABC):
         if failed:
             score = self._failure_score()
         else:
-            score = value if self.direction == "minimize" else -value
+            score = self._as_score(value)  # type: ignore[arg-type]
             if self._worst_score is None or score > self._worst_score:
                 self._worst_score = score
             if self._counts_for_best(asked) and (self._best is None or score < self._best[0]):
@@ -226,19 +244,36 @@ class Searcher(abc.ABC):
 
     @property
     def best(self) -> tuple[dict[str, Any], float] | None:
-        """``(config, value)`` of the best full-budget result told so far, or None."""
+        """``(config, value)`` of the best full-budget result told so far (failures never
+        count), or None."""
         if self._best is None:
             return None
         score, config = self._best
-        return dict(config), (score if self.direction == "minimize" else -score)
+        return dict(config), self._as_value(score)
+
+    @property
+    def shared_options(self) -> dict[str, Any]:
+        """``seed``, ``direction``, ``on_failure`` and ``penalty``: what a searcher this one
+        delegates proposals to (Hyperband's proposer) is built with, so that it scores
+        results and failures the same way."""
+        return {"seed": self.seed, "direction": self.direction, "on_failure": self.on_failure,
+                "penalty": self.penalty}
 
     # -- helpers for subclasses --------------------------------------------------------------
+    def _as_score(self, value: float) -> float:
+        """A told value as a score (lower is better)."""
+        return to_score(value, self.direction)
+
+    def _as_value(self, score: float) -> float:
+        """A score back as a value in the searcher's direction."""
+        return to_score(score, self.direction)
+
     def _failure_score(self) -> float | None:
         """The score a failed trial counts as: None under "exclude"."""
         if self.on_failure == "exclude":
             return None
         if self.penalty is not None:
-            return self.penalty if self.direction == "minimize" else -self.penalty
+            return self._as_score(self.penalty)
         return math.inf if self._worst_score is None else self._worst_score
 
     def _counts_for_best(self, suggestion: Suggestion) -> bool:
@@ -261,3 +296,22 @@ class Searcher(abc.ABC):
         """How many suggestions the search makes, when known in advance (besides
         max_trials); None by default."""
         return None
+
+
+#: The names of the arguments every searcher takes (the keyword arguments of
+#: :class:`Searcher`).
+SHARED_OPTIONS = frozenset(
+    name for name, parameter in inspect.signature(Searcher.__init__).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+)
+
+
+def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``options`` split into the arguments every searcher takes (:data:`SHARED_OPTIONS`) and
+    the rest, for a searcher that passes its unknown options on to another one."""
+    shared = {k: v for k, v in options.items() if k in SHARED_OPTIONS}
+    return shared, {k: v for k, v in options.items() if k not in SHARED_OPTIONS}
+
+
+def _either(choices: tuple[str, ...]) -> str:
+    return " or ".join(map(repr, choices))

@@ -1,4 +1,4 @@
-"""The bone-age regression task (seed 001, ch. 6): the metrics of tables 6.1-6.3, the
+"""The bone-age regression task (Pourchot2022, ch. 6): the metrics of tables 6.1-6.3, the
 density weighting reaching the loss, and the report figure."""
 
 from __future__ import annotations
@@ -9,23 +9,24 @@ import numpy as np
 import pytest
 import torch
 
-from medtune.config import TASKS
 from medtune.errors import MedtuneError
-from medtune.study.store import Trial, TrialState
-from medtune.tasks import regression
-from medtune.tasks.regression import (
+from medtune.plugins.tasks import regression
+from medtune.plugins.tasks.regression import (
     BoneAgeRegressor,
+    RegressionTask,
     regression_metrics,
     report_figures,
-    train_regression,
 )
+from medtune.study.store import Trial, TrialState
+from medtune.tasks import load_task
 
+train_regression = RegressionTask()
 TINY = {"train_size": 24, "val_size": 24, "epochs": 1, "batch_size": 8, "width": 4,
         "image_size": 32}
 
 
 def test_registered_as_a_task():
-    assert TASKS["regression"] == "medtune.tasks.regression:train_regression"
+    assert isinstance(load_task("regression"), RegressionTask)
 
 
 def test_metrics_by_subgroup_in_months():

@@ -1,0 +1,190 @@
+"""The task contract: what a study trains, as a plugin of kind ``task``.
+
+A task is a :class:`Task` subclass that a plugin returns from its ``medtune_tasks`` hook. It
+declares its settings (:attr:`Task.settings`), trains in :meth:`Task.train`, and may declare a
+time limit per trial (:attr:`Task.trial_timeout`), a results table for studies without one
+(:attr:`Task.table`) and report figures (:meth:`Task.figures`).
+
+Calling a task is a study's objective, ``task(config, resource, seed, report)``: ``config``
+(the fixed settings under the searched parameters) is checked by :func:`check_settings` (an
+unknown or mistyped key is one error naming it and the closest declared setting), merged over
+the defaults, checked further by :meth:`Task.check`, and trained under the ``threads`` setting
+when the task declares one. A training whose loss is no longer finite calls
+:func:`stop_if_diverged`: the trial returns NaN and fails with reason ``nan``, whichever task it
+is (a network of NaN weights would otherwise be scored as if it had learnt nothing).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from medtune.errors import MedtuneError, PluginError
+from medtune.tasks.figures import Figure
+from medtune.tasks.threads import check_threads, trial_threads
+
+#: the type names a setting may declare: ``name -> (test of a value, how messages say it)``
+TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "integer": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "a whole number"),
+    "number": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+    "boolean": (lambda v: isinstance(v, bool), "true or false"),
+    "string": (lambda v: isinstance(v, str), "a string"),
+    "list": (lambda v: isinstance(v, (list, tuple)), "a list"),
+    "table": (lambda v: isinstance(v, Mapping), "a table"),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a task: its ``default`` and its ``type`` (a key of :data:`TYPES`; None:
+    the type of the default). ``optional``: None is accepted too (the task then picks a value).
+    ``example`` is shown when a value has the wrong type."""
+
+    default: Any
+    type: str | None = None
+    optional: bool = False
+    example: str = ""
+
+    @property
+    def kind(self) -> str:
+        """The declared type, or the one of the default."""
+        kind = self.type or _type_of(self.default)
+        if kind not in TYPES:
+            raise PluginError(f"setting default {self.default!r}: give its type, one of "
+                              f"{', '.join(TYPES)} (Setting(default, type=...))")
+        return kind
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` has the setting's type."""
+        return (value is None and self.optional) or TYPES[self.kind][0](value)
+
+
+def _type_of(default: Any) -> str | None:
+    for kind in ("boolean", "integer", "number", "string", "list", "table"):
+        if TYPES[kind][0](default):
+            return kind
+    return None
+
+
+def declared_settings(settings: Mapping[str, Any]) -> dict[str, Setting]:
+    """A task's :attr:`Task.settings` with every entry as a :class:`Setting`."""
+    return {name: value if isinstance(value, Setting) else Setting(value)
+            for name, value in settings.items()}
+
+
+def check_settings(task: str, settings: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` merged over the defaults of the declared ``settings`` of task ``task``.
+
+    Raises one :class:`~medtune.errors.MedtuneError` naming every key of ``config`` that is
+    not declared (with the closest declared name) or whose value has the wrong type.
+    """
+    declared = declared_settings(settings)
+    problems = []
+    for key, value in config.items():
+        if key not in declared:
+            close = difflib.get_close_matches(key, list(declared), n=1)
+            problems.append(f"unknown setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        elif not declared[key].accepts(value):
+            setting = declared[key]
+            expected = TYPES[setting.kind][1] + (" or nothing" if setting.optional else "")
+            example = f", e.g. {setting.example}" if setting.example else ""
+            problems.append(f"{key} must be {expected}{example}, got {value!r}")
+    if problems:
+        known = (f"; the settings of the {task} task are {', '.join(declared)}"
+                 if any(p.startswith("unknown") for p in problems) else "")
+        raise MedtuneError(f"{task} task: {'; '.join(problems)}{known}")
+    return {**{name: setting.default for name, setting in declared.items()}, **config}
+
+
+class Diverged(Exception):
+    """Raised by :func:`stop_if_diverged` inside :meth:`Task.train`; the task returns NaN."""
+
+
+def stop_if_diverged(loss: Any) -> None:
+    """End the trial as failed (value NaN, reason ``nan``) when ``loss`` (a number or a
+    one-element tensor) is NaN or infinite: a diverged training or a broken loss."""
+    value = loss.item() if hasattr(loss, "item") else float(loss)
+    if not math.isfinite(value):
+        raise Diverged(f"the loss became {value}")
+
+
+class Task:
+    """Base class of a task plugin; subclasses set the class attributes and :meth:`train`."""
+
+    #: the task's name in messages (the registry's name is the key its plugin gives it)
+    name: ClassVar[str] = "unnamed"
+    #: every setting the task understands: ``name -> default``, or a :class:`Setting` where
+    #: the default does not say the type; searched parameters are settings too
+    settings: ClassVar[Mapping[str, Any]] = {}
+    #: seconds one trial may run unless the study sets its own ``trial_timeout`` (None: no limit)
+    trial_timeout: ClassVar[float | None] = None
+    #: the results table of a study without a ``[table]``, as a configuration's ``[table]``
+    #: (``rows``, ``columns``, optional ``title``); used when every row is a searched parameter
+    table: ClassVar[Mapping[str, Any] | None] = None
+
+    def check(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """Task-specific checks of the merged, well-typed ``settings`` (ranges, choices, how
+        settings fit together); returns them, completed where a default depends on others.
+        Raises :class:`~medtune.errors.MedtuneError` naming the setting."""
+        return settings
+
+    def train(self, settings: dict[str, Any], resource: float | None, seed: int,
+              report: Callable[[float, float], None] | None) -> float | Mapping[str, Any]:
+        """Train with the checked ``settings`` for budget ``resource`` (None: the task's own)
+        and ``seed``, calling ``report(step, value)`` with intermediate values; return the value
+        or ``{"value": ..., metric: ...}`` (see :mod:`medtune.study.executors`)."""
+        raise NotImplementedError(f"task {self.name!r} does not define train(settings, resource, seed, report)")
+
+    def figures(self, trials: Sequence[Any], folder: Path) -> list[Figure]:
+        """Write the task's report figures of the study's finished ``trials`` into ``folder``;
+        ``(file, caption)`` of each, ``[]`` when the trials carry nothing to draw."""
+        return []
+
+    def validate(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` checked (:func:`check_settings`, ``threads``, :meth:`check`) and merged
+        over the defaults."""
+        settings = check_settings(self.name, self.settings, config)
+        if "threads" in settings:
+            check_threads(self.name, settings["threads"])
+        return self.check(settings)
+
+    def budget(self, resource: float | None, default: int, unit: str = "epoch") -> int:
+        """The trial's budget: ``resource`` rounded, or ``default`` without one; at least 1."""
+        count = int(round(resource)) if resource is not None else int(default)
+        if count < 1:
+            raise MedtuneError(f"{self.name} task: the budget must be at least one {unit}, got {resource}")
+        return count
+
+    def default_table(self, searched: Iterable[str]) -> dict[str, Any] | None:
+        """:attr:`table` for a study searching the parameters ``searched``, or None when the
+        task declares none or one of its rows is not searched."""
+        if self.table is None or not set(self.table.get("rows", ())) <= set(searched):
+            return None
+        return dict(self.table)
+
+    def __call__(self, config: Mapping[str, Any], resource: float | None = None, seed: int = 0,
+                 report: Callable[[float, float], None] | None = None) -> float | Mapping[str, Any]:
+        settings = self.validate(config)
+        with trial_threads(check_threads(self.name, settings.get("threads"))):
+            try:
+                return self.train(settings, resource, seed, report)
+            except Diverged:
+                return {"value": math.nan}
+
+
+def load_task(name: str) -> Task:
+    """The task plugin called ``name``, built through the registry (an unknown name is an
+    :class:`~medtune.errors.UnknownPluginError` listing the tasks and the closest one)."""
+    from medtune.registry import registry
+
+    entry = registry().get("task", name)
+    task = entry.factory()
+    if not isinstance(task, Task):
+        raise PluginError(f"task {name!r} of {entry.plugin.label} is a {type(task).__name__}, "
+                          "not a medtune.tasks.Task; its factory must build a Task subclass")
+    return task
