@@ -1,5 +1,8 @@
 """Search benchmarks: suggestion latency and search quality of medtune's searchers against Optuna.
 
+One module over 600 lines on purpose: its three parts share the problems, the seeds, the
+Optuna set-up and the BENCHMARKS.md section, and read best as one protocol.
+
 ``python -m benchmarks.search`` runs three parts and writes them into BENCHMARKS.md, between
 ``<!-- benchmarks:search:begin -->`` and ``<!-- benchmarks:search:end -->`` (the kernel
 sections are left alone; a part not run this time keeps its previous tables):

@@ -1,5 +1,8 @@
 """The fuzzed kernel surface: hypothesis property tests of every kernel op on every backend.
 
+One file over 600 lines on purpose: the strategies, the tolerance table and the profiles are
+shared by every op's properties, and the long profile runs it as one command.
+
 Each op is called through its public front-end with random shapes (down to one voxel, and
 extreme aspect ratios such as 1x1x1x4096), memory layouts (non-contiguous, channels-last,
 strided views whose gaps hold NaN, stride-0 expanded batches), dtypes, empty masks, NaN/Inf
