@@ -85,6 +85,9 @@ class Case:
     #: below 1, that quantile of |mine - peer| (for gradients of piecewise-linear interpolation,
     #: which jump at voxel faces, where float32 rounding may put a point on either side)
     agreement_quantile: float = 1.0
+    #: also timed in a process with glibc's default malloc settings (what a user's fresh process
+    #: gets), besides the fixed thresholds every case is timed with (see benchmarks.worker)
+    malloc_defaults: bool = False
 
     def implementation(self, key: str) -> Implementation:
         for impl in self.implementations:
@@ -293,7 +296,7 @@ def _chol_append_case(size: int) -> Case:
     )
 
 
-# --- warp3d: template composition φ0 ∘ L ∘ G (seed 004 eq. 4.7) vs affine_grid + grid_sample -----
+# --- warp3d: template composition φ0 ∘ L ∘ G (Bertrand2019, eq. 4.7) vs affine_grid + grid_sample
 #
 # "pred" is the local displacement L [N, 3, D, H, W] (normalised units, the tensor trained), and
 # "target" the template φ0 [N, 1, D, H, W]; G is a fixed affine (small rotation, scaling and
@@ -341,11 +344,12 @@ def _template(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
     jumps at every voxel face and float32 rounding of the sampling point picks either side)."""
     n, _, *spatial = shape
     axes = [torch.linspace(-1.0, 1.0, size) for size in spatial]
-    z, y, x = torch.meshgrid(*axes, indexing="ij")
-    shift = 0.1 * torch.rand((n, 3), generator=generator)
-    radius = ((x - shift[:, 0, None, None, None]) ** 2 + (y - shift[:, 1, None, None, None]) ** 2
-              + (z - shift[:, 2, None, None, None]) ** 2).sqrt()
-    return torch.sigmoid((0.6 - radius) / 0.1)[:, None]
+    grids = torch.meshgrid(*axes, indexing="ij")  # (z,) y, x
+    shift = 0.1 * torch.rand((n, len(spatial)), generator=generator)  # (x, y, z)
+    squared = 0
+    for axis, grid in enumerate(reversed(grids)):
+        squared = squared + (grid - shift[:, axis].reshape(n, *(1,) * len(spatial))) ** 2
+    return torch.sigmoid((0.6 - squared.sqrt()) / 0.1)[:, None]
 
 
 def _warp3d_case(size: int) -> Case:
@@ -373,42 +377,79 @@ def _warp3d_case(size: int) -> Case:
         kernel_op="warp3d",
         speedup_target=2.0,
         agreement_quantile=0.9999,
+        malloc_defaults=True,
     )
 
 
 # --- warp3d: the registration warp x + u(x) vs grid_sample and MONAI's Warp --------------------
 #
-# "pred" is a dense displacement in voxels [N, 3, D, H, W], channels (d, h, w) as MONAI's Warp
-# takes it; "target" the moving image. Every implementation receives the same tensor and pays
-# its own conversion (medtune and grid_sample: to normalised units, channels (x, y, z)), zeros
-# padding, align_corners=True (MONAI's convention).
+# "pred" is a dense displacement in voxels [N, 3, D, H, W] (2D: [N, 2, H, W]), channels (d, h, w)
+# as MONAI's Warp takes it; "target" the moving image. Every implementation receives the same
+# tensor and pays its own conversion (medtune and grid_sample: to normalised units, channels
+# (x, y, z)). The base case is VoxelMorph's training step: a smooth field of a few voxels,
+# zeros padding, align_corners=True (MONAI's convention), a gradient wrt the field only; the
+# variants change one thing each (padding, align_corners, a rough or a large field, a gradient
+# wrt the image as well, 2D, label maps in nearest mode), so that every configuration the
+# dispatch serves is on record.
 
 
-def _normalised(ddf: Tensor) -> Tensor:
-    """A voxel displacement (d, h, w) as normalised (x, y, z) units for align_corners=True."""
-    scale = torch.tensor([2.0 / max(size - 1, 1) for size in ddf.shape[2:]], dtype=ddf.dtype,
-                         device=ddf.device)
-    return (ddf * scale[None, :, None, None, None]).flip(1)
+@dataclass(frozen=True)
+class Registration:
+    """One configuration of the registration warp."""
+
+    padding: str = "zeros"
+    align_corners: bool = True
+    field: str = "smooth"  # "smooth" (a few voxels), "large" (about 12 voxels), "rough" (noise)
+    image_gradient: bool = False  # the image needs a gradient too (a learned template)
+    nearest: bool = False  # label maps (int64) resampled in nearest mode, forward only
+
+    def describe(self) -> str:
+        field = {"smooth": "smooth, a few voxels", "large": "smooth, about 12 voxels",
+                 "rough": "i.i.d. noise of 0.5 voxel"}[self.field]
+        gradient = "field and image" if self.image_gradient else "field only"
+        mode = "nearest, label map" if self.nearest else f"gradient wrt the {gradient}"
+        return (f"{field}; {self.padding} padding, align_corners={self.align_corners}; {mode}")
 
 
-def _medtune_register() -> Computation:
+def _normalised(ddf: Tensor, align_corners: bool = True) -> Tensor:
+    """A voxel displacement (d, h, w) as normalised (x, y, z) units."""
+    spatial = ddf.shape[2:]
+    scale = torch.tensor([2.0 / max(size - 1 if align_corners else size, 1) for size in spatial],
+                         dtype=ddf.dtype, device=ddf.device)
+    return (ddf * scale.reshape(1, -1, *(1,) * len(spatial))).flip(1)
+
+
+def _moving(image: Tensor, setup: Registration) -> Tensor:
+    """The image as the warp sees it: a fresh leaf that needs a gradient when the case asks."""
+    if setup.nearest:
+        return image
+    return image.detach().requires_grad_(setup.image_gradient)
+
+
+def _medtune_register(setup: Registration = Registration()) -> Computation:
     from medtune.kernels import warp3d
 
     def warp(ddf: Tensor, image: Tensor) -> Tensor:
-        return warp3d(image, _normalised(ddf), align_corners=True)
+        return warp3d(_moving(image, setup), _normalised(ddf, setup.align_corners),
+                      mode="nearest" if setup.nearest else "bilinear",
+                      padding_mode=setup.padding, align_corners=setup.align_corners)
 
     return warp
 
 
-def _grid_sample_register() -> Computation:
+def _grid_sample_register(setup: Registration = Registration()) -> Computation:
     import torch.nn.functional as F
 
     def warp(ddf: Tensor, image: Tensor) -> Tensor:
-        n = image.shape[0]
-        identity = torch.eye(3, 4, dtype=image.dtype, device=image.device).expand(n, 3, 4)
-        grid = F.affine_grid(identity, list(image.shape), align_corners=True)
-        grid = grid + _normalised(ddf).movedim(1, -1)
-        return F.grid_sample(image, grid, padding_mode="zeros", align_corners=True)
+        n, dims = image.shape[0], image.dim() - 2
+        identity = torch.eye(dims, dims + 1, dtype=ddf.dtype, device=ddf.device).expand(n, -1, -1)
+        grid = F.affine_grid(identity, list(image.shape), align_corners=setup.align_corners)
+        grid = grid + _normalised(ddf, setup.align_corners).movedim(1, -1)
+        moving = _moving(image, setup)
+        out = F.grid_sample(moving.to(ddf.dtype), grid,
+                            mode="nearest" if setup.nearest else "bilinear",
+                            padding_mode=setup.padding, align_corners=setup.align_corners)
+        return out.round().to(image.dtype) if setup.nearest else out
 
     return warp
 
@@ -420,38 +461,81 @@ def _monai_register() -> Computation:
     return lambda ddf, image: block(image, ddf)
 
 
-def _voxel_displacement(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-    """A smooth random field of a few voxels (a low-resolution field upsampled)."""
-    coarse = 3.0 * torch.randn((shape[0], 3, 5, 5, 5), generator=generator)
-    return torch.nn.functional.interpolate(coarse, size=shape[2:], mode="trilinear",
-                                           align_corners=True).contiguous()
+def _voxel_displacement(shape: tuple[int, ...], generator: torch.Generator,
+                        field: str = "smooth") -> Tensor:
+    """A displacement in voxels: a low-resolution field upsampled (smooth: a few voxels, large:
+    about 12), or i.i.d. noise of 0.5 voxel (rough)."""
+    n, dims, *spatial = shape
+    if field == "rough":
+        return 0.5 * torch.randn(shape, generator=generator)
+    coarse = (3.0 if field == "smooth" else 12.0) * torch.randn((n, dims, *(5,) * dims),
+                                                                generator=generator)
+    return torch.nn.functional.interpolate(coarse, size=spatial, mode="trilinear" if dims == 3
+                                           else "bilinear", align_corners=True).contiguous()
 
 
-def _register_case(shape: tuple[int, ...]) -> Case:
-    size = shape[-1]
+def _label_image(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    """Nested label regions 0..3 of the smooth image below (int64)."""
+    return (_template(shape, generator) * 4).clamp(max=3.5).long()
+
+
+def _register_case(shape: tuple[int, ...], variant: str = "",
+                   setup: Registration = Registration(), monai: bool = False,
+                   speedup_target: float | None = 1.0) -> Case:
+    n, rank, *spatial = shape
+    name = "_".join(filter(None, ["warp3d_register", variant, f"{n}x{spatial[-1]}"]))
+    implementations = [
+        Implementation("medtune", "medtune warp3d, no sampling grid [{backend}]",
+                       partial(_medtune_register, setup)),
+        Implementation("grid_sample", "affine_grid + grid_sample",
+                       partial(_grid_sample_register, setup)),
+    ]
+    if monai:
+        implementations.append(
+            Implementation("monai", "MONAI Warp (grid_sample inside)", _monai_register))
+    image = "label map" if setup.nearest else "image"
+    image_dtype = "int64" if setup.nearest else "float32"
+    quick = (1, rank, *(16,) * rank)
     return Case(
-        name=f"warp3d_register_{shape[0]}x{size}",
-        title="warp3d: registration warp x + u(x), gradient wrt the displacement",
-        modes=(FORWARD, FORWARD_BACKWARD),
-        implementations=(
-            Implementation("medtune", "medtune warp3d, no sampling grid [{backend}]",
-                           _medtune_register),
-            Implementation("grid_sample", "affine_grid + grid_sample", _grid_sample_register),
-            Implementation("monai", "MONAI Warp (grid_sample inside)", _monai_register),
-        ),
+        name=name,
+        title=f"warp3d: registration warp x + u(x) ({setup.describe()})",
+        modes=(FORWARD,) if setup.nearest else ((FORWARD, FORWARD_BACKWARD) if monai
+                                                 else (FORWARD_BACKWARD,)),
+        implementations=tuple(implementations),
         peer="grid_sample",
         subject="medtune",
-        shapes={"full": shape, "quick": (1, 3, 16, 16, 16)},
-        make_pred=_voxel_displacement,
-        make_target=_template,
+        shapes={"full": shape, "quick": quick},
+        make_pred=partial(_voxel_displacement, field=setup.field),
+        make_target=_label_image if setup.nearest else _template,
         describe=lambda s: (
-            f"displacement {dims(s)} float32 in voxels (smooth, a few voxels), image "
-            f"{dims((s[0], 1, *s[2:]))} float32; zeros padding, align_corners=True; agreement: "
-            "the 99.99th percentile of the difference"
+            f"displacement {dims(s)} float32 in voxels, {image} "
+            f"{dims((s[0], 1, *s[2:]))} {image_dtype}; agreement: the 99.99th percentile of "
+            "the difference"
         ),
         kernel_op="warp3d",
+        speedup_target=speedup_target,
         agreement_quantile=0.9999,
+        malloc_defaults=True,
     )
+
+
+def _register_cases() -> list[Case]:
+    base = (2, 3, 80, 80, 80)
+    return [
+        # VoxelMorph's training step: the 1.5x goal
+        _register_case(base, setup=Registration(), monai=True, speedup_target=1.5),
+        _register_case((1, 3, 160, 160, 160), setup=Registration(), monai=True),
+        _register_case(base, "border_rough", Registration(padding="border", field="rough")),
+        _register_case(base, "border_rough_image",
+                       Registration(padding="border", field="rough", image_gradient=True)),
+        _register_case(base, "image", Registration(image_gradient=True)),
+        _register_case(base, "no_align", Registration(align_corners=False)),
+        _register_case(base, "large", Registration(field="large")),
+        _register_case((8, 2, 512, 512), "2d", Registration()),
+        _register_case((8, 2, 512, 512), "2d_image", Registration(image_gradient=True)),
+        _register_case((1, 2, 1024, 1024), "2d_image", Registration(image_gradient=True)),
+        _register_case(base, "labels", Registration(nearest=True)),
+    ]
 
 
 # --- nas_ranking: architectures of an elastic super-net evaluated per second -----------------
@@ -660,8 +744,10 @@ CASES: dict[str, Case] = {
 }
 CASES.update((case.name, case) for case in map(_chol_append_case, (500, 1000, 2000, 4000)))
 CASES.update((case.name, case) for case in map(_warp3d_case, (80,)))
-CASES.update((case.name, case) for case in map(_register_case, ((2, 3, 80, 80, 80),
-                                                                (1, 3, 160, 160, 160))))
+CASES.update((case.name, case) for case in _register_cases())
 CASES.update((case.name, case) for case in map(_nas_ranking_case, ((96, 1, 32, 32),)))
-# a group name runs every case whose name is the group's name plus "_<n>"
-GROUPS = {"chol_append": [name for name in CASES if name.startswith("chol_append_")]}
+# a group name runs every case whose name starts with the group's name and "_"
+GROUPS = {
+    "chol_append": [name for name in CASES if name.startswith("chol_append_")],
+    "warp3d": [name for name in CASES if name.startswith("warp3d_")],
+}

@@ -101,6 +101,10 @@ def run_table(
         f"the peer, then {settings['repetitions']} samples each"
     )
     timed = worker.run(dict(request, task="time", **settings), worker.TIMING_MALLOC)
+    defaults = None
+    if case.malloc_defaults:
+        _progress(f"{case.name} ({mode}): timed again with glibc's default malloc settings")
+        defaults = worker.run(dict(request, task="time", **settings), worker.DEFAULT_MALLOC)
     labels = {
         impl.key: impl.label.format(backend=timed["backend"]) for impl in case.implementations
     }
@@ -108,13 +112,19 @@ def run_table(
     _progress(f"{case.name} ({mode}): peak extra memory of each implementation")
     peaks = _peak_memory(request, list(labels), device)
 
+    def timing(answer: dict | None, key: str) -> Timing | None:
+        if answer is None:
+            return None
+        return Timing(tuple(answer["timings"][key]["samples_ms"]), answer["timings"][key]["calls"])
+
     rows = tuple(
         report.Row(
             key=key,
             label=labels[key],
-            timing=Timing(tuple(timed["timings"][key]["samples_ms"]), timed["timings"][key]["calls"]),
+            timing=timing(timed, key),
             memory=peaks[key],
             relative_difference=timed["differences"][key],
+            default_timing=timing(defaults, key),
         )
         for key in labels
     )

@@ -8,9 +8,10 @@ glibc settings. Timing: ``MALLOC_MMAP_THRESHOLD_`` = 32 MiB and ``MALLOC_TRIM_TH
 64 MiB, the values glibc itself adopts in a training process once a large tensor has been
 freed; temporaries under 32 MiB are then reused instead of being mapped and page-faulted afresh
 on every call. With glibc's starting values a run's speed would depend on what ran before it in
-the process (an 8 MiB temporary stays mmap'ed until something larger is freed). Memory:
-``MALLOC_MMAP_THRESHOLD_`` = 128 KiB, fixed, so every freed buffer goes back to the OS and the
-RSS high-water mark sees each new allocation.
+the process (an 8 MiB temporary stays mmap'ed until something larger is freed). Cases that ask
+for it (``Case.malloc_defaults``) are timed with glibc's defaults as well, the settings a user's
+fresh process runs with. Memory: ``MALLOC_MMAP_THRESHOLD_`` = 128 KiB, fixed, so every freed
+buffer goes back to the OS and the RSS high-water mark sees each new allocation.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from benchmarks.timing import time_interleaved
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 900
 TIMING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(64 * 2**20)}
+# None removes the variable: glibc starts from its own defaults (and adapts them as it goes)
+DEFAULT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": None, "MALLOC_TRIM_THRESHOLD_": None}
 MEMORY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(128 * 2**10)}
 
 
@@ -38,9 +41,15 @@ class WorkerError(RuntimeError):
     """A measurement process failed; the message carries the end of its error output."""
 
 
-def run(request: dict, malloc: dict[str, str]) -> dict:
-    """Run ``request`` in a fresh process with the ``malloc`` environment; its JSON answer."""
-    env = dict(os.environ, **malloc)
+def run(request: dict, malloc: dict[str, str | None]) -> dict:
+    """Run ``request`` in a fresh process with the ``malloc`` environment (None removes a
+    variable); its JSON answer."""
+    env = dict(os.environ)
+    for name, value in malloc.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     try:
         done = subprocess.run(

@@ -27,11 +27,11 @@ at::Tensor warp3d_forward(const at::Tensor& volume, const c10::optional<at::Tens
                           const at::Tensor& mv, const c10::optional<at::Tensor>& mu,
                           const c10::optional<at::Tensor>& b, bool nearest, bool border,
                           at::IntArrayRef size);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> warp3d_backward(
+std::vector<at::Tensor> warp3d_backward(
     const at::Tensor& grad_out, const at::Tensor& volume,
     const c10::optional<at::Tensor>& displacement, const at::Tensor& mv,
     const c10::optional<at::Tensor>& mu, const c10::optional<at::Tensor>& b, bool nearest,
-    bool border, bool need_volume, bool need_transform);
+    bool border, const std::vector<bool>& needs);
 at::Tensor supernet_conv_forward(const at::Tensor& input, const at::Tensor& weight,
                                  const c10::optional<at::Tensor>& bias, at::IntArrayRef segments,
                                  int64_t stride, bool depthwise);
@@ -64,8 +64,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(volume [N,C,D,H,W], displacement [N,K,d,h,w] or None, Mv [N,3,4], Mu [N,3,4] or None, "
         "B [N,3,K] or None, nearest, border, size (D,H,W)) -> resampled [N,C,*size]");
   m.def("warp3d_backward", &medtune::warp3d_backward,
-        "(grad_out, volume, displacement, Mv, Mu, B, nearest, border, need_volume, "
-        "need_transform) -> (grad volume, grad displacement, [N,33] float64 sums: Mv, Mu, B)");
+        "(grad_out, volume, displacement, Mv, Mu, B, nearest, border, needs: 5 flags for volume, "
+        "displacement, Mv, Mu, B) -> their gradients (empty or zero where not needed)");
   m.def("supernet_conv_forward", &medtune::supernet_conv_forward,
         "(input [N,C,H,W], weight [Co,Ci,K,K], bias [Co] or None, segments (start, end, kernel, "
         "in, out) flat, stride, depthwise) -> [N,Co,Ho,Wo]");

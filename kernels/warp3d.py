@@ -8,7 +8,7 @@ Coordinates are ``grid_sample``'s normalised [-1, 1], last axis ordered (x, y, z
 trilinearly with border padding (and the call's ``align_corners``) where it applies:
 
     compose="affine_first"        q = p + u(p), p = A x   (template composition φ0 ∘ L ∘ G,
-                                                           seed 004 eq. 4.7)
+                                                           Bertrand2019, eq. 4.7)
     compose="displacement_first"  q = A (x + u(x))
     no affine                     q = x + u(x)            (the registration warp)
     no displacement               q = A x
@@ -21,42 +21,39 @@ to these small matrices and autograd carries them to the affine. Identity maps a
 exact: an identity affine and/or a zero displacement at the volume's size return the volume
 bit for bit, for both ``align_corners`` (``affine_grid`` + ``grid_sample`` itself is only
 exact up to rounding). 2D inputs run through the same kernels as volumes of depth 1 whose z
-voxel coordinate is exactly 0.
+voxel coordinate is exactly 0. Without an affine the maps depend on the shapes alone and are
+built once per shape. A displacement at the output's size read at the output voxel's own index
+(the registration warp, and ``displacement_first``) is read there directly, not interpolated.
 
-Gradients: wrt the volume (scattered; atomics on Triton, and on the CPU when a thread does not
-own whole samples), the displacement (through its trilinear weights, including the chain rule
-through sampling u at p) and the affine. ``mode="nearest"`` (label maps, float or integer)
-passes gradients to a float volume only: those wrt the displacement and affine are zero, as
-with ``grid_sample``.
+Gradients: only those the call needs, wrt the volume (scattered; atomics on Triton; on the
+CPU, when a thread does not own whole samples, into per-thread windows summed afterwards), the
+displacement (through its trilinear weights, including the chain rule through sampling u at p)
+and the affine. ``mode="nearest"`` (label maps, float or integer) passes gradients to a float
+volume only: those wrt the displacement and affine are zero, as with ``grid_sample``.
+
+Dispatch: the backend's kernels, except for small 2D calls, which run as ``affine_grid`` +
+``grid_sample`` when the automatic choice is the C++ backend (``runs_as_grid_sample``, the one
+rule, with the reasons next to it).
 
 This file reads top-down: reference, PyTorch backend, Triton kernels, launchers, registration,
-front-end.
+dispatch rule, front-end.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medtune.errors import KernelError
-from medtune.kernels.dispatch import (
-    KernelImpl,
-    register_impl,
-    select,
-    triton_priority,
-    triton_unavailable,
+from medtune.kernels._common import (
+    KernelError, eager_call, eager_function, load_extension, register_backends, select, tl, triton,
 )
-from medtune.kernels.extension import load_extension, unavailable_reason
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # Triton is optional: the extra ``medtune[triton]``
-    triton = None
+from medtune.kernels.dispatch import forced_backend
 
 COMPOSITIONS = ("affine_first", "displacement_first")
 MODES = ("bilinear", "nearest")
@@ -184,9 +181,18 @@ def warp3d_reference(volume: Tensor, displacement: Tensor | None = None,
                      mode: str = "bilinear", padding_mode: str = "zeros",
                      align_corners: bool = False,
                      size: tuple[int, ...] | None = None) -> Tensor:
-    """``affine_grid`` + ``grid_sample`` (the displacement itself sampled with ``grid_sample``):
-    the ground truth every backend is tested against; autograd gives its gradients."""
+    """``affine_grid`` + ``grid_sample`` (the displacement itself sampled with ``grid_sample``
+    unless it is read at its own voxels): the ground truth every backend is tested against;
+    autograd gives its gradients."""
     prepare(volume, displacement, affine, compose, mode, padding_mode, align_corners, size)
+    return _grid_sample_path(volume, displacement, affine, compose, mode, padding_mode,
+                             align_corners, size)
+
+
+def _grid_sample_path(volume: Tensor, displacement: Tensor | None, affine: Tensor | None,
+                      compose: str, mode: str, padding_mode: str, align_corners: bool,
+                      size: tuple[int, ...] | None) -> Tensor:
+    """warp3d_reference on validated arguments."""
     dims = volume.dim() - 2
     n = volume.shape[0]
     integer = not volume.is_floating_point()
@@ -202,8 +208,11 @@ def warp3d_reference(volume: Tensor, displacement: Tensor | None = None,
     grid = F.affine_grid(affine if affine is not None and affine_first else eye, shape,
                          align_corners=align_corners)  # [N, *size, dims]
     if displacement is not None:
-        u = F.grid_sample(displacement, grid, mode="bilinear", padding_mode="border",
-                          align_corners=align_corners)
+        if tuple(displacement.shape[2:]) == tuple(size) and (affine is None or not affine_first):
+            u = displacement  # at the identity grid: its own voxels, which grid_sample rounds
+        else:
+            u = F.grid_sample(displacement, grid, mode="bilinear", padding_mode="border",
+                              align_corners=align_corners)
         grid = grid + u.movedim(1, -1)
     if affine is not None and not affine_first:
         grid = grid @ affine[:, None, :, :dims].transpose(-1, -2).reshape(
@@ -239,30 +248,50 @@ def _voxel_map(affine: Tensor, grid_size, out_size, align_corners: bool) -> Tens
 
 def voxel_maps(prepared: Prepared) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(Mv [N,3,4], Mu [N,3,4] or None, B [N,3,K] or None) for the prepared call."""
-    volume, disp, affine = prepared.volume, prepared.displacement, prepared.affine
-    n = volume.shape[0]
-    eye = torch.eye(3, 4, dtype=volume.dtype, device=volume.device).expand(n, 3, 4)
+    volume, disp = prepared.volume, prepared.displacement
+    shapes = (volume.shape[0], tuple(volume.shape[2:]),
+              tuple(disp.shape[1:]) if disp is not None else None, prepared.size,
+              prepared.affine_first, prepared.align_corners, prepared.two_d, volume.dtype,
+              volume.device)
+    if prepared.affine is None and not torch.compiler.is_compiling():
+        return _maps_of_shapes(*shapes)  # the shapes alone decide them: built once
+    return _maps(prepared.affine, *shapes)
+
+
+def _maps(affine: Tensor | None, n: int, vol_size: tuple[int, ...],
+          disp_shape: tuple[int, ...] | None, out: tuple[int, ...], affine_first: bool,
+          ac: bool, two_d: bool, dtype: torch.dtype,
+          device: torch.device) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    eye = torch.eye(3, 4, dtype=dtype, device=device).expand(n, 3, 4)
     a = affine if affine is not None else eye
-    vol_size, out, ac = tuple(volume.shape[2:]), prepared.size, prepared.align_corners
     mv = _voxel_map(a, vol_size, out, ac)
     mu = b = None
-    if disp is not None:
-        k = disp.shape[1]
-        disp_size = tuple(disp.shape[2:])
+    if disp_shape is not None:
+        k, disp_size = disp_shape[0], disp_shape[1:]
         s_in = _half_extent(torch.tensor(vol_size[::-1], dtype=torch.float64), ac).to(
-            dtype=volume.dtype, device=volume.device)
-        if prepared.affine_first or affine is None:
+            dtype=dtype, device=device)
+        if affine_first or affine is None:
             mu = _voxel_map(a, disp_size, out, ac)
             b = torch.diag(s_in)[:, :k].expand(n, 3, k)
         else:
             mu = _voxel_map(eye, disp_size, out, ac)
             b = s_in[None, :, None] * a[:, :, :k]
-    if prepared.two_d:  # the z voxel coordinate is exactly 0
-        keep = torch.tensor([1.0, 1.0, 0.0], dtype=volume.dtype, device=volume.device)[:, None]
+    if two_d:  # the z voxel coordinate is exactly 0
+        keep = torch.tensor([1.0, 1.0, 0.0], dtype=dtype, device=device)[:, None]
         mv = mv * keep
         mu = mu * keep if mu is not None else None
         b = b * keep if b is not None else None
-    return mv, mu, b
+    return tuple(t.contiguous() if t is not None else None for t in (mv, mu, b))
+
+
+@functools.lru_cache(maxsize=64)
+def _maps_of_shapes(*shapes) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The maps without an affine (nothing to differentiate), kept per shape: building them
+    takes a few dozen small tensor ops, more than a small warp itself. Built as ordinary
+    tensors even under ``torch.inference_mode``, so that a later call with autograd can save
+    them."""
+    with torch.inference_mode(False):
+        return _maps(None, *shapes)
 
 
 # --- PyTorch backend (gathers and scatters in voxel space) ------------------------------------
@@ -375,7 +404,8 @@ def _empties(like: Tensor, count: int) -> list[Tensor]:
 
 def _torch_backward(grad_out: Tensor, volume: Tensor, displacement: Tensor | None, mv: Tensor,
                     mu: Tensor | None, b: Tensor | None, nearest: bool, border: bool,
-                    need_volume: bool, need_transform: bool) -> list[Tensor]:
+                    needs: list[bool]) -> list[Tensor]:
+    need_volume, need_transform = needs[0], any(needs[1:])
     n, c = volume.shape[:2]
     grid = _output_grid(list(grad_out.shape[2:]), mv)
     grad = grad_out.reshape(n, c, -1)
@@ -395,7 +425,9 @@ def _torch_backward(grad_out: Tensor, volume: Tensor, displacement: Tensor | Non
         return [grad_volume, *_empties(grad_volume, 1), grad_mv, *_empties(grad_volume, 2)]
     grad_b = grad_pv @ u.transpose(1, 2)
     grad_disp, grad_pu = _sample_backward(displacement, pu, b.transpose(1, 2) @ grad_pv,
-                                          border=True, nearest=False, need_field=True)
+                                          border=True, nearest=False, need_field=needs[1])
+    if not needs[1]:
+        grad_disp = volume.new_empty(0)
     return [grad_volume, grad_disp, grad_mv, grad_pu @ grid.T, grad_b]
 
 
@@ -640,7 +672,8 @@ def _triton_forward(volume: Tensor, displacement: Tensor | None, mv: Tensor, mu:
 
 def _triton_backward(grad_out: Tensor, volume: Tensor, displacement: Tensor | None, mv: Tensor,
                      mu: Tensor | None, b: Tensor | None, nearest: bool, border: bool,
-                     need_volume: bool, need_transform: bool) -> list[Tensor]:
+                     needs: list[bool]) -> list[Tensor]:
+    need_volume, need_transform = needs[0], any(needs[1:])
     n = volume.shape[0]
     size = list(grad_out.shape[2:])
     blocks = triton.cdiv(size[0] * size[1] * size[2], TRITON_BLOCK)
@@ -657,6 +690,8 @@ def _triton_backward(grad_out: Tensor, volume: Tensor, displacement: Tensor | No
         NEAREST=nearest, BORDER=border, NEED_VOLUME=need_volume,
         NEED_TRANSFORM=need_transform and not nearest, BLOCK=TRITON_BLOCK,
     )
+    if not needs[1]:
+        grad_disp = volume.new_empty(0)
     return _split_sums([grad_volume, grad_disp, partial.to(torch.float64).sum(1)], displacement)
 
 
@@ -667,10 +702,9 @@ def _cpp_forward(volume: Tensor, displacement: Tensor | None, mv: Tensor, mu: Te
 
 def _cpp_backward(grad_out: Tensor, volume: Tensor, displacement: Tensor | None, mv: Tensor,
                   mu: Tensor | None, b: Tensor | None, nearest: bool, border: bool,
-                  need_volume: bool, need_transform: bool) -> list[Tensor]:
-    grads = load_extension().warp3d_backward(grad_out.contiguous(), volume, displacement, mv, mu,
-                                             b, nearest, border, need_volume, need_transform)
-    return _split_sums(list(grads), displacement)
+                  needs: list[bool]) -> list[Tensor]:
+    return load_extension().warp3d_backward(grad_out.contiguous(), volume, displacement, mv, mu,
+                                            b, nearest, border, needs)
 
 
 def _split_sums(grads: list[Tensor], displacement: Tensor | None) -> list[Tensor]:
@@ -693,16 +727,19 @@ for _op, _torch_fn, _cpp_fn, _triton_fn in (
     ("warp3d", _torch_forward, _cpp_forward, _triton_forward),
     ("warp3d_backward", _torch_backward, _cpp_backward, _triton_backward),
 ):
-    register_impl(KernelImpl(_op, "torch", _torch_fn, {"*": 0}))
-    register_impl(KernelImpl(_op, "cpp", _cpp_fn, {"cpu": 10}, unavailable_reason))
-    register_impl(KernelImpl(_op, "triton", _triton_fn, triton_priority(), triton_unavailable))
+    register_backends(_op, torch_fn=_torch_fn, cpp_fn=_cpp_fn, triton_fn=_triton_fn)
+
+
+def _forward(volume: Tensor, displacement: Tensor | None, mv: Tensor, mu: Tensor | None,
+             b: Tensor | None, nearest: bool, border: bool, size: list[int]) -> Tensor:
+    impl = select("warp3d", volume.device.type)
+    return impl.fn(volume, displacement, mv, mu, b, nearest, border, size)
 
 
 @torch.library.custom_op("medtune::warp3d", mutates_args=())
 def _warp3d_op(volume: Tensor, displacement: Tensor | None, mv: Tensor, mu: Tensor | None,
                b: Tensor | None, nearest: bool, border: bool, size: list[int]) -> Tensor:
-    impl = select("warp3d", volume.device.type)
-    return impl.fn(volume, displacement, mv, mu, b, nearest, border, size)
+    return _forward(volume, displacement, mv, mu, b, nearest, border, size)
 
 
 @_warp3d_op.register_fake
@@ -714,26 +751,32 @@ def _(volume: Tensor, displacement: Tensor | None, mv: Tensor, mu: Tensor | None
 @torch.library.custom_op("medtune::warp3d_backward", mutates_args=())
 def warp3d_backward_op(grad_out: Tensor, volume: Tensor, displacement: Tensor | None,
                        mv: Tensor, mu: Tensor | None, b: Tensor | None, nearest: bool,
-                       border: bool, need_volume: bool, need_transform: bool) -> list[Tensor]:
+                       border: bool, needs: list[bool]) -> list[Tensor]:
     """Gradients of ``warp3d`` wrt (volume, displacement, Mv, Mu, B), in one pass.
 
-    Absent inputs (no displacement) get empty tensors, and so does the volume without
-    ``need_volume``; the transform's gradients are zeros without ``need_transform`` and in
-    nearest mode.
+    ``needs`` says which of the five are wanted; a backend may skip the others. Absent inputs
+    (no displacement) get empty tensors, and so do the volume and the displacement when not
+    wanted; the maps' gradients are zeros when not wanted and in nearest mode.
     """
+    return _backward_pass(grad_out, volume, displacement, mv, mu, b, nearest, border, needs)
+
+
+def _backward_pass(grad_out: Tensor, volume: Tensor, displacement: Tensor | None, mv: Tensor,
+                   mu: Tensor | None, b: Tensor | None, nearest: bool, border: bool,
+                   needs: list[bool]) -> list[Tensor]:
     impl = select("warp3d_backward", volume.device.type)
-    return impl.fn(grad_out, volume, displacement, mv, mu, b, nearest, border, need_volume,
-                   need_transform)
+    return impl.fn(grad_out, volume, displacement, mv, mu, b, nearest, border, needs)
 
 
 @warp3d_backward_op.register_fake
 def _(grad_out: Tensor, volume: Tensor, displacement: Tensor | None, mv: Tensor,
-      mu: Tensor | None, b: Tensor | None, nearest: bool, border: bool, need_volume: bool,
-      need_transform: bool) -> list[Tensor]:
-    grad_volume = torch.empty_like(volume) if need_volume else volume.new_empty(0)
+      mu: Tensor | None, b: Tensor | None, nearest: bool, border: bool,
+      needs: list[bool]) -> list[Tensor]:
+    grad_volume = torch.empty_like(volume) if needs[0] else volume.new_empty(0)
     if displacement is None:
         return [grad_volume, *_empties(volume, 1), torch.empty_like(mv), *_empties(volume, 2)]
-    return [grad_volume, *(torch.empty_like(t) for t in (displacement, mv, mu, b))]
+    grad_disp = torch.empty_like(displacement) if needs[1] else volume.new_empty(0)
+    return [grad_volume, grad_disp, *(torch.empty_like(t) for t in (mv, mu, b))]
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -744,17 +787,57 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_out: Tensor):
     volume, displacement, mv, mu, b = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    need_transform = any(need[1:5]) and not ctx.nearest
-    grads = warp3d_backward_op(grad_out.contiguous(), volume, displacement, mv, mu, b,
-                               ctx.nearest, ctx.border, need[0], need_transform)
-    grad_volume = grads[0] if need[0] else None
+    needs = list(ctx.needs_input_grad[:5])
     if displacement is None:
-        return grad_volume, None, grads[2], None, None, None, None, None
-    return (grad_volume, *grads[1:], None, None, None)
+        needs[1] = needs[3] = needs[4] = False
+    grad_out = grad_out.contiguous()
+    step = _backward_pass if eager_call(grad_out, volume, displacement) else warp3d_backward_op
+    grads = step(grad_out, volume, displacement, mv, mu, b, ctx.nearest, ctx.border, needs)
+    return (*(g if need else None for g, need in zip(grads, needs)), None, None, None)
 
 
 _warp3d_op.register_autograd(_backward, setup_context=_setup_context)
+# eager calls on plain tensors skip the custom-op dispatcher (see dispatch.eager_call)
+_EagerWarp3d = eager_function("Warp3d", _forward, _setup_context, _backward)
+
+
+# --- dispatch rule: the kernels or grid_sample ------------------------------------------------
+
+#: A 2D call with fewer output voxels than this (N × H × W) runs as ``affine_grid`` +
+#: ``grid_sample`` when the automatic choice is the C++ backend: ATen's 2D sampler is as
+#: vectorised as the kernels, so on a small image the fixed cost of a medtune call (the voxel
+#: maps, the op's autograd node) is not paid back. Volumes always run on the kernels (ATen's 3D
+#: sampler is scalar code, and the grid it needs is three times the volume), and so does an
+#: identity transform, which the kernels return bit for bit and grid_sample only up to rounding.
+GRID_SAMPLE_2D_BELOW = 2**18
+
+
+def runs_as_grid_sample(prepared: Prepared) -> bool:
+    """Whether an eager call runs as ``affine_grid`` + ``grid_sample`` instead of the kernels.
+
+    That is the rule above, applied only to the automatic choice: a backend forced with
+    ``use_backend`` or ``MEDTUNE_KERNEL_BACKEND`` always runs, and so do traced calls.
+    """
+    if not prepared.two_d or torch.compiler.is_compiling():
+        return False
+    voxels = prepared.volume.shape[0] * math.prod(prepared.size)
+    return (voxels < GRID_SAMPLE_2D_BELOW and forced_backend() is None
+            and select("warp3d", prepared.volume.device.type).backend == "cpp"
+            and not _is_identity(prepared))
+
+
+def _is_identity(prepared: Prepared) -> bool:
+    """Whether the prepared 2D call is an identity transform at the volume's size."""
+    volume, displacement, affine = prepared.volume, prepared.displacement, prepared.affine
+    if tuple(volume.shape[2:]) != prepared.size:
+        return False
+    if displacement is not None and bool(displacement.any()):
+        return False
+    if affine is not None:  # the 2D affine embedded in [N, 3, 4]: no z row
+        identity = torch.eye(3, 4, dtype=affine.dtype, device=affine.device)
+        identity[2, 2] = 0.0
+        return torch.equal(affine, identity.expand_as(affine))
+    return True
 
 
 # --- front-end -------------------------------------------------------------------------------
@@ -774,7 +857,7 @@ def warp3d(volume: Tensor, displacement: Tensor | None = None, affine: Tensor | 
         affine: [N, 3, 4] (2D: [N, 2, 3]), or one unbatched matrix, as for ``affine_grid``.
             ``None``: the identity.
         compose: with both transforms, ``"affine_first"`` samples at ``p + u(p)``, ``p = A x``
-            (template ∘ L ∘ G, seed 004 eq. 4.7), ``"displacement_first"`` at ``A (x + u(x))``.
+            (template ∘ L ∘ G, Bertrand2019, eq. 4.7), ``"displacement_first"`` at ``A (x + u(x))``.
         mode: ``"bilinear"`` (trilinear in 3D) or ``"nearest"`` (label maps; ties to even, as
             ``grid_sample``). Nearest mode gives zero gradients wrt the displacement and affine.
         padding_mode: ``"zeros"`` or ``"border"``: the volume's value outside its extent.
@@ -784,15 +867,20 @@ def warp3d(volume: Tensor, displacement: Tensor | None = None, affine: Tensor | 
 
     Returns:
         [N, C, *size] in the volume's dtype, differentiable wrt volume, displacement and affine.
-        Equals ``warp3d_reference`` (``affine_grid`` + ``grid_sample``) up to rounding; identity
-        transforms at the volume's size return the volume exactly.
+        Equals ``warp3d_reference`` (``affine_grid`` + ``grid_sample``) up to rounding; on the
+        kernels, identity transforms at the volume's size return the volume exactly. A small
+        2D call may run as ``affine_grid`` + ``grid_sample`` itself, where that is faster (see
+        ``runs_as_grid_sample``).
     """
     p = prepare(volume, displacement, affine, compose, mode, padding_mode, align_corners, size)
+    if runs_as_grid_sample(p):
+        return _grid_sample_path(volume, displacement, affine, compose, mode, padding_mode,
+                                 align_corners, size)
     mv, mu, b = voxel_maps(p)
+    volume = p.volume.contiguous()
     disp = p.displacement.contiguous() if p.displacement is not None else None
-    out = _warp3d_op(p.volume.contiguous(), disp, mv.contiguous(),
-                     mu.contiguous() if mu is not None else None,
-                     b.contiguous() if b is not None else None, p.nearest, p.border, list(p.size))
+    op = _EagerWarp3d.apply if eager_call(volume, disp, mv) else _warp3d_op
+    out = op(volume, disp, mv, mu, b, p.nearest, p.border, list(p.size))
     if p.two_d:
         out = out.squeeze(2)
     if p.label_dtype is not None:

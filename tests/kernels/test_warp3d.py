@@ -197,3 +197,114 @@ def test_torch_compile_has_no_graph_break():
     torch.testing.assert_close(value, expected)
     for g, e in zip(grads, torch.autograd.grad(expected, (displacement, affine))):
         torch.testing.assert_close(g, e)
+
+
+# --- gradients of some inputs only, and scatters split among threads ------------------------
+
+
+def _with_gradients(tensors, needs):
+    return [t.detach().clone().requires_grad_(need) if t is not None else None
+            for t, need in zip(tensors, needs)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False),
+                                   (False, False, True), (True, True, False),
+                                   (False, True, True)])
+@pytest.mark.parametrize("case", [
+    # (dims, transform, field at the volume's size: read directly, not interpolated)
+    (3, "displacement", True), (2, "displacement", True), (3, "displacement_first", True),
+    (3, "affine_first", False), (2, "affine_first", False), (3, "affine", False),
+])
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_gradients_of_some_inputs_only(backend, needs, case, mode):
+    """Each gradient alone and in pairs (the kernels compute only those asked for), with the
+    displacement read at its own voxels or interpolated."""
+    backend_or_skip("warp3d", backend)
+    dims, transform, direct = case
+    tensors, compose = _inputs(dims, 2, transform)
+    if direct:  # the field at the volume's size, so that its voxels are the output's
+        tensors[1] = 0.15 * torch.randn((2, dims, *VOLUME[dims]),
+                                        generator=torch.Generator().manual_seed(5))
+    if transform == "displacement_first":
+        tensors[2] = torch.eye(dims, dims + 1).expand(2, -1, -1) + 0.1 * tensors[2]
+    options = dict(compose=compose, mode=mode, padding_mode="zeros", align_corners=False)
+    got_in = _with_gradients(tensors, needs)
+    ref_in = _with_gradients(tensors, needs)
+    if not any(t is not None and t.requires_grad for t in got_in):
+        pytest.skip("no input of this case is asked for a gradient")
+    expected = warp3d_reference(*ref_in, **options)
+    with use_backend(backend):
+        got = warp3d(*got_in, **options)
+    weights = torch.randn(expected.shape, generator=torch.Generator().manual_seed(6))
+    (weights * expected).sum().backward()
+    with use_backend(backend):
+        (weights * got).sum().backward()
+    for g, e, need in zip(got_in, ref_in, needs):
+        if e is None:
+            continue
+        if not need:
+            assert g.grad is None
+            continue
+        scale = max(1.0, float(e.grad.abs().max()))
+        torch.testing.assert_close(g.grad, e.grad, rtol=1e-4, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+@pytest.mark.parametrize("transform", ["registration", "template", "rotation"])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_scatters_split_among_threads(threads, transform, dims):
+    """One sample on several threads: each scatters into a window of the gradients of its own
+    and the windows are added, or, where they would be too large (a rotation mapping z to x
+    gives every thread the whole volume), atomic adds; both agree with the reference."""
+    backend_or_skip("warp3d", "cpp")
+    gen = torch.Generator().manual_seed(7)
+    spatial = (34, 34, 34) if dims == 3 else (200, 200)
+    volume = torch.randn((1, 2, *spatial), generator=gen)
+    displacement = affine = None
+    if transform == "registration":  # the field read directly, the volume's gradient scattered
+        displacement = torch.nn.functional.interpolate(
+            0.05 * torch.randn((1, dims, *(5,) * dims), generator=gen), size=spatial)
+    elif transform == "template":  # the field interpolated and scattered too
+        displacement = 0.05 * torch.randn((1, dims, *(9,) * dims), generator=gen)
+        affine = torch.eye(dims, dims + 1) + 0.05 * torch.randn((1, dims, dims + 1), generator=gen)
+    else:  # swaps x with z (2D: with y), off the voxel grid (where slopes jump)
+        affine = 0.01 * torch.randn((1, dims, dims + 1), generator=gen)
+        affine[0, 0, dims - 1] += 1.0
+        affine[0, dims - 1, 0] += 1.0
+        if dims == 3:
+            affine[0, 1, 1] += 1.0
+    # the affine's gradient only where it is smooth: at a right angle on a noise volume it
+    # jumps wherever float32 rounding moves a point across a voxel face
+    needs = (True, True, transform == "template")
+    got_in, ref_in = _with_gradients([volume, displacement, affine], needs), \
+        _with_gradients([volume, displacement, affine], needs)
+    expected = warp3d_reference(*ref_in, padding_mode="border", size=spatial)
+    weights = torch.randn(expected.shape, generator=gen)
+    (weights * expected).sum().backward()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with use_backend("cpp"):
+            got = warp3d(*got_in, padding_mode="border", size=spatial)
+            (weights * got).sum().backward()
+    finally:
+        torch.set_num_threads(previous)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    for g, e in zip(got_in, ref_in):
+        if e is not None and e.requires_grad:
+            scale = max(1.0, float(e.grad.abs().max()))
+            torch.testing.assert_close(g.grad, e.grad, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_maps_built_under_inference_mode_serve_autograd_later():
+    """Without an affine the voxel maps are built once per shape; a first call under
+    ``torch.inference_mode`` (a validation pass) must not leave maps that a training step
+    cannot save for backward."""
+    volume = torch.rand(1, 1, 5, 6, 7)
+    displacement = 0.1 * torch.randn(1, 3, 5, 6, 7)
+    with torch.inference_mode():
+        warp3d(volume, displacement, align_corners=True, padding_mode="border")
+    displacement.requires_grad_(True)
+    warp3d(volume, displacement, align_corners=True, padding_mode="border").sum().backward()
+    assert displacement.grad is not None and displacement.grad.shape == displacement.shape
