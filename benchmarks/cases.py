@@ -1,5 +1,8 @@
 """The benchmark cases: what is measured, at which shapes, and against which peer.
 
+One module over 600 lines on purpose: it is the single table of cases the runner, the report
+and the GPU check read.
+
 A case has one or more modes (``forward``, ``forward+backward``) and several implementations
 of the same computation; one of them is the peer every other is compared with. Peers (MONAI,
 the PyTorch references) are imported only when built, so a memory probe for one

@@ -1,5 +1,8 @@
 """warp3d: trilinear (or nearest) resampling of a volume through an affine and a displacement field.
 
+One module over 600 lines on purpose: it reads top-down as every kernel file does (reference,
+Triton kernels, launchers, registration), and the op's three backends share its argument checks.
+
 ``warp3d(volume, displacement, affine)`` resamples ``volume`` [N, C, D, H, W] (2D: [N, C, H, W])
 at the points ``q(x)`` of an output grid, in one pass and without materialising a sampling grid.
 Coordinates are ``grid_sample``'s normalised [-1, 1], last axis ordered (x, y, z) = (W, H, D);
