@@ -111,17 +111,9 @@ class DamagedTrialError(StudyStoreError):
 
 class StudyStore(StudyFile):
     """A study file with its trials. ``StudyStore(path)`` opens an existing study;
-    :meth:`~medtune.study.database.StudyFile.create` makes one.
-
-    ``read_only=True`` opens it for reading only (what status and reports do): the file is
-    never written, not even to upgrade an older schema, which is then upgraded in a copy held
-    in memory (``info.schema_version`` stays the file's version; the next writer upgrades the
-    file). A write through a read-only store raises :class:`StudyStoreError`.
-
-    Errors: :class:`NotAStudyError` for a file that is not a medtune study (another SQLite
-    database, a damaged file, a newer schema), :class:`StudyStoreError` for a missing file,
-    :class:`StudyLockedError` when another process keeps the file locked longer than
-    ``lock_timeout`` seconds, :class:`DamagedTrialError` for a trial whose row cannot be read.
+    :meth:`~medtune.study.database.StudyFile.create` makes one. Opening, ``read_only`` and
+    the file's errors are :class:`~medtune.study.database.StudyFile`'s; reading a trial whose
+    row cannot be read raises :class:`DamagedTrialError`.
     """
 
     def __init__(
