@@ -299,6 +299,88 @@ def _chol_append_case(size: int) -> Case:
     )
 
 
+# --- chol_append_growing: the growing factor vs chol_append without out= vs refactorising -------
+#
+# What a user who appends point after point gets: "pred" is the Gram matrix K [n+1, n+1] as in
+# chol_append_<n>, "target" the factor L [n, n] of its first n points, as torch.linalg.cholesky
+# returns it. Each call appends point n+1 and returns the [n+1, n+1] factor: a CholeskyFactor
+# built from L once (its buffers doubled to 2n by the first append, as growth leaves them) is
+# truncated back to n and appended to in place; chol_append without out= allocates and copies
+# a new [n+1, n+1] factor; chol_append with out= extends a preallocated buffer; the peer
+# refactorises. A doubling's O(n²) copy, once per n appends, is not in these timings.
+
+
+def _growing_factor_append() -> Computation:
+    from medtune.kernels import CholeskyFactor
+
+    state: dict[str, object] = {}
+
+    def append(gram: Tensor, factor_n: Tensor) -> Tensor:
+        n = factor_n.shape[0]
+        if state.get("source") is not factor_n:
+            state.update(source=factor_n, factor=CholeskyFactor(factor_n))
+        factor = state["factor"]
+        factor.truncate(n)
+        factor.append(gram[n, :n], gram[n, n])
+        return factor.L
+
+    return append
+
+
+def _one_shot_append(with_out: bool) -> Computation:
+    from medtune.kernels import chol_append
+
+    state: dict[str, object] = {}
+
+    def append(gram: Tensor, factor_n: Tensor) -> Tensor:
+        n = factor_n.shape[0]
+        if not with_out:
+            return chol_append(factor_n, gram[n:, :n], gram[n:, n:]).L
+        if state.get("source") is not factor_n:
+            buffer = factor_n.new_zeros((n + 1, n + 1))
+            buffer[:n, :n] = factor_n
+            state.update(source=factor_n, buffer=buffer)
+        buffer = state["buffer"]
+        return chol_append(buffer[:n, :n], gram[n:, :n], gram[n:, n:], out=(buffer, None)).L
+
+    return append
+
+
+def _leading_factor(shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+    (size,) = shape
+    seeded = torch.Generator().manual_seed(20240)  # the same draw as make_pred's
+    return torch.linalg.cholesky(_gram_matrix(shape, seeded)[:size, :size])
+
+
+def _chol_append_growing_case(size: int) -> Case:
+    return Case(
+        name=f"chol_append_growing_{size}",
+        title=f"appending one point to the Cholesky factor of {size} points, the ways a user can",
+        modes=(FORWARD,),
+        implementations=(
+            Implementation("factor", "medtune CholeskyFactor.append [{backend}]",
+                           _growing_factor_append),
+            Implementation("no_out", "medtune chol_append without out= [{backend}]",
+                           partial(_one_shot_append, False)),
+            Implementation("out", "medtune chol_append with a preallocated out= buffer [{backend}]",
+                           partial(_one_shot_append, True)),
+            Implementation("refactor", "torch.linalg.cholesky, full refactorisation",
+                           partial(_refactor, False)),
+        ),
+        peer="refactor",
+        subject="factor",
+        shapes={"full": (size,), "quick": (size // 10,)},
+        make_pred=_gram_matrix,
+        make_target=_leading_factor,
+        describe=lambda s: (
+            f"K [{s[0] + 1}, {s[0] + 1}] float64 (squared-exponential, 6-d points); L [{s[0]}, "
+            f"{s[0]}] of the first {s[0]} points (CholeskyFactor: built from it once, buffers "
+            f"{2 * s[0]} wide after its first doubling, truncated to {s[0]} before each append)"
+        ),
+        kernel_op="chol_append",
+    )
+
+
 # --- warp3d: template composition φ0 ∘ L ∘ G (Bertrand2019, eq. 4.7) vs affine_grid + grid_sample
 #
 # "pred" is the local displacement L [N, 3, D, H, W] (normalised units, the tensor trained), and
@@ -746,6 +828,7 @@ CASES: dict[str, Case] = {
     )
 }
 CASES.update((case.name, case) for case in map(_chol_append_case, (500, 1000, 2000, 4000)))
+CASES.update((case.name, case) for case in map(_chol_append_growing_case, (4000,)))
 CASES.update((case.name, case) for case in map(_warp3d_case, (80,)))
 CASES.update((case.name, case) for case in _register_cases())
 CASES.update((case.name, case) for case in map(_nas_ranking_case, ((96, 1, 32, 32),)))

@@ -3,6 +3,9 @@
 Backends: ``torch`` (the pure-PyTorch reference, every device), ``cpp`` (``medtune._C``,
 C++/OpenMP, CPU) and ``triton`` (CUDA; on the CPU only under ``TRITON_INTERPRET=1``, for
 tests). Force one with :func:`use_backend` or ``MEDTUNE_KERNEL_BACKEND``.
+
+A Cholesky factor that grows by appended points is a :class:`CholeskyFactor` (in-place
+``chol_append`` into buffers that double when full); ``chol_append`` is its one-shot op.
 """
 
 from medtune.kernels.dispatch import (
@@ -15,7 +18,12 @@ from medtune.kernels.dispatch import (
     select,
     use_backend,
 )
-from medtune.kernels.chol_append import CholAppend, chol_append, chol_append_reference
+from medtune.kernels.chol_append import (
+    CholAppend,
+    CholeskyFactor,
+    chol_append,
+    chol_append_reference,
+)
 from medtune.kernels.glf_loss import glf_loss, glf_loss_reference, overlap_ratio_loss
 from medtune.kernels.glf_stats import GLFStats, glf_stats, glf_stats_reference
 from medtune.kernels.gp_acquisition import (
@@ -28,6 +36,7 @@ from medtune.kernels.warp3d import warp3d, warp3d_reference
 
 __all__ = [
     "CholAppend",
+    "CholeskyFactor",
     "GLFStats",
     "GPAcquisition",
     "KernelImpl",

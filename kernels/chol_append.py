@@ -9,12 +9,16 @@ K_kk = K(new, new) [k, k], ``chol_append`` returns the factor of the extended ma
 
 A new point that duplicates an old one makes S singular: the op then retries with escalating
 jitter on the diagonal of the new points only and returns the amount (``jitter_added``); it
-never returns NaN for finite inputs. Callers that append repeatedly pass ``out=`` buffers with
-spare rows, which the op extends in place. Not differentiable. The jitter schedule, memory and
+never returns NaN for finite inputs. Not differentiable. The jitter schedule, memory and
 backends: docs/kernels.md.
 
+To append repeatedly, use :class:`CholeskyFactor`: it keeps the factor in buffers whose side
+doubles when full and extends it in place, O(n²k) per append of k points, the growth amortised.
+``chol_append`` alone allocates and copies an [n+k, n+k] result on every call (O((n+k)²)
+memory traffic, more than the append itself at large n) unless given ``out=`` buffers.
+
 This file reads top-down: validation, reference, torch implementation, C++ launcher,
-registration, front-end.
+registration, front-end, the growing factor.
 """
 
 from __future__ import annotations
@@ -255,9 +259,9 @@ def chol_append(
             place: only the k new rows and columns are written, O(nk), and the returned
             factors are the views ``buffer[:n+k, :n+k]``. Otherwise it is copied in first.
             Without ``out`` new [n+k, n+k] tensors are allocated and ``L`` is copied, an
-            O((n+k)²) memory cost that dominates for k = 1 at large n. This is how a caller
-            that appends repeatedly (the bayes searcher) avoids the copies: allocate a buffer
-            with spare rows once, pass ``L = buffer[:n, :n]``.
+            O((n+k)²) memory cost that dominates for k = 1 at large n. To append repeatedly,
+            use :class:`CholeskyFactor`, which manages such buffers (growing them by
+            doubling) and is what the bayes searcher's GP uses.
 
     Returns:
         ``CholAppend(L, Linv, jitter_added)``: the factor [n+k, n+k] of
@@ -293,3 +297,198 @@ def chol_append(
     return CholAppend(
         L_buffer[:m, :m], None if Linv_buffer is None else Linv_buffer[:m, :m], float(added)
     )
+
+
+# --- the growing factor ----------------------------------------------------------------------
+
+
+class CholeskyFactor:
+    """A Cholesky factor that grows point by point: the public way to append repeatedly.
+
+    The factor L of K = L Lᵀ (and optionally L⁻¹) lives in the top-left n × n block of square
+    buffers whose side doubles when full, so an append of k points is one in-place
+    :func:`chol_append` (O(n²k), writing only the new rows) and the O(n²) copy into a larger
+    buffer happens once per doubling: amortised, appending costs O(n²) per point, against an
+    O(n²) allocation and copy on every call of ``chol_append`` without ``out=``.
+
+    Typical use::
+
+        factor = CholeskyFactor(torch.linalg.cholesky(K))   # or CholeskyFactor() to start empty
+        jitter = factor.append(K_new_old, K_new_new)        # [k, n] and [k, k] blocks
+        alpha = factor.solve(y)                             # K⁻¹ y
+        factor.L, len(factor)                               # view [n, n], n
+
+    Args:
+        L: the lower factor [n, n] to start from (its lower triangle is copied), or ``None``
+            for an empty factor (n = 0).
+        inverse: also keep L⁻¹ (computed from ``L`` by a triangular solve, then extended by
+            each append), at twice the memory.
+        capacity: initial side of the buffers (at least n).
+        dtype, device: of an empty factor (default float64, CPU); a given ``L`` sets both.
+
+    Raises:
+        KernelError: ``L`` is not a square float32/float64 matrix, or ``capacity`` < 1.
+    """
+
+    def __init__(
+        self,
+        L: Tensor | None = None,
+        *,
+        inverse: bool = False,
+        capacity: int = 64,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise KernelError(f"CholeskyFactor: capacity must be an integer >= 1, got {capacity!r}")
+        if L is not None:
+            dtype, device = getattr(L, "dtype", dtype), getattr(L, "device", device)
+        dtype = torch.float64 if dtype is None else dtype
+        if dtype not in DTYPES:
+            raise KernelError(
+                f"CholeskyFactor: dtype {dtype} is not supported; use float64 (recommended) or "
+                "float32"
+            )
+        self._L = torch.empty((capacity, capacity), dtype=dtype, device=device)
+        self._Linv = torch.empty_like(self._L) if inverse else None
+        self._n = 0
+        if L is not None:
+            self.reset(L)
+
+    # -- state -------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._n
+
+    def __repr__(self) -> str:
+        return (f"CholeskyFactor(n={self._n}, capacity={self.capacity}, dtype={self.dtype}, "
+                f"device={self.device}, inverse={self.inverse})")
+
+    @property
+    def inverse(self) -> bool:
+        """Whether L⁻¹ is kept."""
+        return self._Linv is not None
+
+    @property
+    def capacity(self) -> int:
+        """Rows the buffers hold before the next doubling."""
+        return self._L.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._L.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._L.device
+
+    @property
+    def L(self) -> Tensor:
+        """The lower factor [n, n]: a view into the buffer, valid until the next append,
+        truncate or reset (clone it to keep it)."""
+        return self._L[: self._n, : self._n]
+
+    @property
+    def Linv(self) -> Tensor | None:
+        """L⁻¹ [n, n] (a view, like :attr:`L`), or ``None`` without ``inverse=True``."""
+        return None if self._Linv is None else self._Linv[: self._n, : self._n]
+
+    def _reserve(self, rows: int) -> None:
+        """Room for ``rows`` rows: the side at least doubles, so growth is amortised."""
+        if rows <= self.capacity:
+            return
+        side = max(rows, 2 * self.capacity)
+        n = self._n
+        grown = self._L.new_empty((side, side))
+        grown[:n, :n] = self._L[:n, :n]
+        self._L = grown
+        if self._Linv is not None:
+            grown_inverse = self._Linv.new_empty((side, side))
+            grown_inverse[:n, :n] = self._Linv[:n, :n]
+            self._Linv = grown_inverse
+
+    # -- changes -----------------------------------------------------------------------------
+    def reset(self, L: Tensor | None = None) -> None:
+        """Start again from the factor ``L`` [n, n] (its lower triangle copied into the
+        buffers, which are kept when large enough; L⁻¹ is recomputed when kept), or empty with
+        ``None``."""
+        if L is None:
+            self._n = 0
+            return
+        if not isinstance(L, Tensor) or L.dim() != 2 or L.shape[0] != L.shape[1]:
+            shape = tuple(L.shape) if isinstance(L, Tensor) else type(L).__name__
+            raise KernelError(f"CholeskyFactor: L must be a square matrix [n, n], got {shape}")
+        if L.dtype != self.dtype or L.device != self.device:
+            raise KernelError(
+                f"CholeskyFactor: L is {L.dtype} on {L.device} but the factor holds {self.dtype} "
+                f"on {self.device}; convert it (or start a new CholeskyFactor from it)"
+            )
+        n = L.shape[0]
+        self._n = 0  # nothing to carry over into grown buffers
+        self._reserve(n)
+        L = L.detach().tril()
+        self._L[:n, :n] = L
+        if self._Linv is not None:
+            eye = torch.eye(n, dtype=L.dtype, device=L.device)
+            self._Linv[:n, :n] = torch.linalg.solve_triangular(L, eye, upper=False)
+        self._n = n
+
+    def append(
+        self,
+        K_new_old: Tensor,
+        K_new_new: Tensor,
+        jitter: float | None = None,
+        max_tries: int = DEFAULT_MAX_TRIES,
+    ) -> float:
+        """Append k points in place by :func:`chol_append`; returns the jitter it added.
+
+        Args:
+            K_new_old: K(new, old) [k, n] ([n] for one point).
+            K_new_new: K(new, new) [k, k] (a scalar or [1] for one point).
+            jitter, max_tries: the escalation for duplicates, as in :func:`chol_append`.
+
+        Raises:
+            KernelError: what :func:`chol_append` raises (bad shapes, dtypes or devices,
+                non-finite blocks, a Schur complement not positive definite even with
+                jitter); the factor is then unchanged.
+        """
+        if isinstance(K_new_old, Tensor) and isinstance(K_new_new, Tensor) and K_new_old.dim() == 1:
+            if K_new_new.numel() != 1:
+                raise KernelError(
+                    f"CholeskyFactor.append: one point's K_new_old [n] needs a scalar K_new_new, "
+                    f"got shape {tuple(K_new_new.shape)}"
+                )
+            K_new_old, K_new_new = K_new_old[None], K_new_new.reshape(1, 1)
+        _check(self.L, K_new_old, K_new_new, self.Linv)
+        self._reserve(self._n + K_new_new.shape[0])
+        result = chol_append(self.L, K_new_old, K_new_new, self.Linv, jitter, max_tries,
+                             out=(self._L, self._Linv))
+        self._n = result.L.shape[0]
+        return result.jitter_added
+
+    def truncate(self, n: int) -> None:
+        """Keep the first ``n`` points only (e.g. drop fantasies): O(1), the factor of the
+        leading block is its leading block."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= self._n:
+            raise KernelError(f"CholeskyFactor.truncate: n must be in [0, {self._n}], got {n!r}")
+        self._n = n
+
+    # -- use ---------------------------------------------------------------------------------
+    def solve(self, rhs: Tensor) -> Tensor:
+        """K⁻¹ ``rhs`` for ``rhs`` [n] or [n, m], by two triangular solves with L.
+
+        Raises:
+            KernelError: ``rhs`` of another length, dtype or device.
+        """
+        if not isinstance(rhs, Tensor) or rhs.dim() not in (1, 2) or rhs.shape[0] != self._n:
+            shape = tuple(rhs.shape) if isinstance(rhs, Tensor) else type(rhs).__name__
+            raise KernelError(
+                f"CholeskyFactor.solve: rhs must be [n] or [n, m] with n = {self._n}, got {shape}"
+            )
+        if rhs.dtype != self.dtype or rhs.device != self.device:
+            raise KernelError(
+                f"CholeskyFactor.solve: rhs is {rhs.dtype} on {rhs.device} but the factor is "
+                f"{self.dtype} on {self.device}"
+            )
+        columns = rhs[:, None] if rhs.dim() == 1 else rhs
+        solved = torch.cholesky_solve(columns, self.L, upper=False)
+        return solved[:, 0] if rhs.dim() == 1 else solved

@@ -9,11 +9,12 @@ Three pieces, used by the ``bayes`` and ``bohb`` searchers and by study reports:
   scale, observation noise, constant mean) by maximising the marginal likelihood with
   GPyTorch (L-BFGS, several restarts, weak priors that keep small data sets sane).
 - :class:`GaussianProcess` holds observations, their Cholesky factor ``L`` of
-  ``K + noise·I`` and its inverse, and predicts. Between refits, new observations are
-  appended to the factor with :func:`~medtune.kernels.chol_append` in O(n²) instead of a
-  new O(n³) factorisation; appended points can be dropped again (fantasies of pending
-  suggestions), which only moves a counter. Predictions and acquisition scores come from the
-  fused :func:`~medtune.kernels.gp_acquisition` op.
+  ``K + noise·I`` and its inverse in a :class:`~medtune.kernels.CholeskyFactor`, and
+  predicts. Between refits, new observations are appended to the factor in place (one
+  :func:`~medtune.kernels.chol_append`, O(n²) per point, in buffers that double when full)
+  instead of a new O(n³) factorisation; appended points can be dropped again (fantasies of
+  pending suggestions), which only moves a counter. Predictions and acquisition scores come
+  from the fused :func:`~medtune.kernels.gp_acquisition` op.
 
 Outputs are standardised at each fit (mean 0, standard deviation 1) and the hyper-parameters
 live on that scale; :meth:`GaussianProcess.predict` answers on the scale of the data.
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor
 
 from medtune.errors import MedtuneError
-from medtune.kernels.chol_append import chol_append
+from medtune.kernels.chol_append import CholeskyFactor
 from medtune.kernels.gp_acquisition import GPAcquisition, gp_acquisition
 from medtune.search.space import Categorical, Float, Int, Ordinal, SearchSpace
 
@@ -307,13 +308,13 @@ class GaussianProcess:
 
         gp = GaussianProcess(dim)
         gp.fit(x, y)                 # standardise y, fit hyper-parameters, factorise
-        gp.append(x_new, y_new)      # O(n²): chol_append, hyper-parameters kept
+        gp.append(x_new, y_new)      # O(n²) a point (CholeskyFactor), hyper-parameters kept
         mean, variance = gp.predict(x_star)
 
     Args:
         dim: input dimension (inputs live in the unit cube).
         kernel: ``"matern52"`` or ``"rbf"``.
-        capacity: initial rows of the factor buffers (grown by doubling).
+        capacity: initial rows of the data and factor buffers (grown by doubling).
     """
 
     def __init__(self, dim: int, kernel: str = "matern52", capacity: int = 64) -> None:
@@ -326,16 +327,20 @@ class GaussianProcess:
         self.hyper: GPHyper | None = None
         self.y_mean = 0.0
         self.y_scale = 1.0
-        self.n = 0
         self._x = torch.zeros(capacity, dim, dtype=DTYPE)
         self._y = torch.zeros(capacity, dtype=DTYPE)  # standardised
-        self._L = torch.zeros(capacity, capacity, dtype=DTYPE)
-        self._Linv = torch.zeros(capacity, capacity, dtype=DTYPE)
+        #: the factor L of K + noise·I over the n observations, and L⁻¹
+        self.factor = CholeskyFactor(inverse=True, capacity=capacity, dtype=DTYPE)
         self._alpha: Tensor | None = None
         #: total jitter chol_append added to near-duplicate points since the last factorisation
         self.jitter_added = 0.0
 
     # -- data ----------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        """Observations in the model (fantasies included until truncated)."""
+        return len(self.factor)
+
     @property
     def x(self) -> Tensor:
         """Observed inputs [n, dim]."""
@@ -363,16 +368,14 @@ class GaussianProcess:
         return x, y
 
     def _reserve(self, rows: int) -> None:
+        """Room for ``rows`` observations in the data buffers (the factor grows itself)."""
         capacity = self._x.shape[0]
         if rows <= capacity:
             return
         new = max(rows, 2 * capacity)
         x, y = torch.zeros(new, self.dim, dtype=DTYPE), torch.zeros(new, dtype=DTYPE)
         x[:capacity], y[:capacity] = self._x, self._y
-        L, Linv = torch.zeros(new, new, dtype=DTYPE), torch.zeros(new, new, dtype=DTYPE)
-        L[: self.n, : self.n] = self._L[: self.n, : self.n]
-        Linv[: self.n, : self.n] = self._Linv[: self.n, : self.n]
-        self._x, self._y, self._L, self._Linv = x, y, L, Linv
+        self._x, self._y = x, y
 
     def set_data(self, x: Tensor, y: Tensor, hyper: GPHyper) -> None:
         """Replace the observations and hyper-parameters and factorise from scratch (the
@@ -387,10 +390,9 @@ class GaussianProcess:
         scale = float(y.std()) if n > 1 else 0.0
         self.y_scale = scale if scale > 0 else 1.0
         self._reserve(n)
-        self.n = n
         self._x[:n] = x
         self._y[:n] = (y - self.y_mean) / self.y_scale
-        self._factorise()
+        self._factorise(n)
 
     def fit(self, x: Tensor, y: Tensor, restarts: int = 2, seed: int = 0,
             warm_start: bool = True, max_iter: int = 50,
@@ -414,14 +416,16 @@ class GaussianProcess:
         self.set_data(x, y, hyper)
         return hyper
 
-    def _factorise(self) -> None:
+    def _factorise(self, n: int) -> None:
+        """Factorise the first ``n`` observations from scratch (with jitter if needed)."""
         assert self.hyper is not None
-        n = self.n
         self.jitter_added = 0.0
         self._alpha = None
+        self.factor.reset()
         if n == 0:
             return
-        K = self._gram(self.x, self.x)
+        x = self._x[:n]
+        K = self._gram(x, x)
         K.diagonal().add_(self.hyper.noise)
         jitter = 0.0
         for attempt in range(8):
@@ -433,9 +437,7 @@ class GaussianProcess:
             raise GPError("the kernel matrix is not positive definite even with jitter 1e-1; "
                           "the inputs or hyper-parameters are degenerate")
         self.jitter_added = jitter
-        self._L[:n, :n] = L
-        eye = torch.eye(n, dtype=DTYPE)
-        self._Linv[:n, :n] = torch.linalg.solve_triangular(L, eye, upper=False)
+        self.factor.reset(L)  # and L⁻¹, by a triangular solve
 
     def _gram(self, a: Tensor, b: Tensor) -> Tensor:
         assert self.hyper is not None
@@ -443,7 +445,7 @@ class GaussianProcess:
                              self.hyper.kernel)
 
     def append(self, x: Tensor, y: Tensor) -> None:
-        """Add observations without refitting: the factor grows by chol_append in O(n²k)."""
+        """Add observations without refitting: the factor grows in place in O(n²k)."""
         if self.hyper is None:
             raise GPError("append needs hyper-parameters: call fit or set_data first")
         x, y = self._check(x, y)
@@ -455,14 +457,9 @@ class GaussianProcess:
         K_new_old = self._gram(x, self.x)
         K_new_new = self._gram(x, x)
         K_new_new.diagonal().add_(self.hyper.noise)
-        result = chol_append(
-            self._L[:n, :n], K_new_old, K_new_new, Linv=self._Linv[:n, :n],
-            out=(self._L, self._Linv),
-        )
-        self.jitter_added += result.jitter_added
+        self.jitter_added += self.factor.append(K_new_old, K_new_new)
         self._x[n : n + k] = x
         self._y[n : n + k] = (y - self.y_mean) / self.y_scale
-        self.n = n + k
         self._alpha = None
 
     def truncate(self, n: int) -> None:
@@ -470,12 +467,14 @@ class GaussianProcess:
         if not 0 <= n <= self.n:
             raise GPError(f"truncate: n must be in [0, {self.n}], got {n}")
         if n != self.n:
-            self.n = n
+            self.factor.truncate(n)
             self._alpha = None
 
     # -- prediction ----------------------------------------------------------------------------
     def _linv(self) -> Tensor:
-        return self._Linv[: self.n, : self.n]
+        Linv = self.factor.Linv
+        assert Linv is not None
+        return Linv
 
     def alpha(self) -> Tensor:
         """(K + noise·I)⁻¹ (y - mean) on the standardised scale [n]."""

@@ -10,8 +10,9 @@ Cost per suggestion. Kernel hyper-parameters are refit by marginal likelihood (G
 L-BFGS, warm start plus ``restarts`` random starts, on at most ``fit_subsample`` points) only
 on a schedule: when the observations told since the last fit reach
 ``max(refit_every, refit_growth · n_at_last_fit)``. Between refits each observation is appended
-to the Cholesky factor and its inverse with ``chol_append`` in O(n²) (Bertrand2019, sec. 2.3),
-so a suggestion costs one pass of the fused ``gp_acquisition`` op over the candidates.
+in place to the Cholesky factor and its inverse, a ``medtune.kernels.CholeskyFactor`` (one
+``chol_append``, O(n²); Bertrand2019, sec. 2.3), so a suggestion costs one pass of the fused
+``gp_acquisition`` op over the candidates.
 
 Candidates. On a finite space of at most ``finite_limit`` configurations every configuration
 not tried yet is scored at every step (Bertrand2019, sec. 2.6.3: 34,300 models). Otherwise the
@@ -24,7 +25,7 @@ continuous coordinates), then rounded to the space. A configuration already trie
 proposed again.
 
 Parallel suggestions. When results are pending, the pending configurations enter the model as
-fantasies, appended with ``chol_append`` and dropped after the suggestion (an O(1) truncation):
+fantasies, appended to the factor and dropped after the suggestion (an O(1) truncation):
 
 - ``parallel="liar"`` (constant liar): each pending point is told ``liar`` = ``"worst"``
   (default: the "low performance" of Bertrand2019, which pushes the next suggestion away),

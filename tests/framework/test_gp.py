@@ -289,13 +289,11 @@ def test_append_equals_a_fresh_factorisation(k: int) -> None:
     K = kernel_matrix(x, x, hyper.lengthscale_tensor(), hyper.outputscale) \
         + hyper.noise * torch.eye(n + k, dtype=DTYPE)
     L = torch.linalg.cholesky(K)
-    assert torch.allclose(gp._L[: n + k, : n + k], L, rtol=0, atol=1e-10)
-    assert torch.allclose(gp._Linv[: n + k, : n + k] @ L, torch.eye(n + k, dtype=DTYPE),
-                          rtol=0, atol=1e-8)
+    assert torch.allclose(gp.factor.L, L, rtol=0, atol=1e-10)
+    assert torch.allclose(gp.factor.Linv @ L, torch.eye(n + k, dtype=DTYPE), rtol=0, atol=1e-8)
     fresh = GaussianProcess(d)
     fresh.set_data(x, y, hyper)  # other standardisation, same factor
-    assert torch.allclose(gp._L[: n + k, : n + k], fresh._L[: n + k, : n + k], rtol=0,
-                          atol=1e-10)
+    assert torch.allclose(gp.factor.L, fresh.factor.L, rtol=0, atol=1e-10)
 
     after = gp.acquisition(x_test, "none")
     mean, variance = dense_posterior(gp, x_test)

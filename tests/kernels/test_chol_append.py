@@ -1,4 +1,5 @@
-"""chol_append on every available backend against a full factorisation of the assembled matrix."""
+"""chol_append on every available backend against a full factorisation of the assembled matrix,
+and the growing CholeskyFactor built on it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from medtune.errors import KernelError
-from medtune.kernels import chol_append, chol_append_reference, use_backend
+from medtune.kernels import CholeskyFactor, chol_append, chol_append_reference, use_backend
 from tests.conftest import backend_or_skip
 
 BACKENDS = ["torch", "cpp"]
@@ -227,3 +228,174 @@ def test_out_buffer_errors():
         chol_append(L, torch.zeros(1, 4, dtype=torch.float64), torch.eye(1, dtype=torch.float64),
                     out=(torch.empty(5, 5, dtype=torch.float64), torch.empty(5, 5, dtype=torch.float64)))
 
+
+
+# --- CholeskyFactor: the growing factor ------------------------------------------------------
+
+def _storage(factor: CholeskyFactor) -> int:
+    """Where the factor's buffer lives (the same while appends write in place)."""
+    return factor.L.untyped_storage().data_ptr()
+
+
+#: chunk sizes appended one after the other: single points and blocks, 200 points in all
+CHUNKS = [1, 1, 2, 1, 3, 1, 7, 1, 1, 14, 1, 1, 30, 1, 1, 1, 60, 1, 1, 72]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("inverse", [False, True])
+def test_growing_factor_equals_a_fresh_factorisation(backend, dtype, inverse):
+    """From empty, capacity 4, through six doublings (4 -> 256): after every append the factor
+    is torch.linalg.cholesky of the kernel matrix so far, and the buffers are reallocated only
+    when full (between doublings the append writes in place, no copy of the factor)."""
+    backend_or_skip("chol_append", backend)
+    K, _ = _gram(sum(CHUNKS), seed=11)
+    factor = CholeskyFactor(inverse=inverse, capacity=4, dtype=dtype)
+    assert len(factor) == 0 and factor.L.shape == (0, 0) and factor.inverse == inverse
+    capacities, n = [factor.capacity], 0
+    with use_backend(backend):
+        for k in CHUNKS:
+            buffer, room = _storage(factor), factor.capacity
+            K_new_old, K_new_new = K[n:n + k, :n].to(dtype), K[n:n + k, n:n + k].to(dtype)
+            assert factor.append(K_new_old, K_new_new) == 0.0
+            n += k
+            assert len(factor) == n and factor.L.shape == (n, n) and factor.L.dtype == dtype
+            if n <= room:
+                assert factor.capacity == room and _storage(factor) == buffer
+            else:
+                assert factor.capacity == max(n, 2 * room)
+                capacities.append(factor.capacity)
+            expected = torch.linalg.cholesky(K[:n, :n])
+            assert _relative_error(factor.L, expected) <= TOLERANCE[dtype], n
+            assert torch.equal(factor.L, factor.L.tril())
+            if inverse:
+                eye = torch.eye(n, dtype=torch.float64)
+                assert _relative_error(factor.Linv, torch.linalg.solve_triangular(
+                    expected, eye, upper=False)) <= TOLERANCE[dtype]
+            else:
+                assert factor.Linv is None
+    assert capacities == [4, 8, 16, 32, 64, 128, 256]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_growing_factor_from_a_factor_truncates_and_solves(backend):
+    backend_or_skip("chol_append", backend)
+    K, _ = _gram(90, seed=12)
+    L, Linv = _factor(K[:50, :50])
+    factor = CholeskyFactor(L, inverse=True, capacity=8)
+    assert factor.capacity == 50 and factor.dtype == torch.float64 and len(factor) == 50
+    assert torch.equal(factor.L, L) and _relative_error(factor.Linv, Linv) <= 1e-12
+    L[0, 0] = 7.0  # the factor holds a copy
+    assert factor.L[0, 0] != 7.0
+    with use_backend(backend):
+        # one point as a vector and a scalar
+        assert factor.append(K[50, :50], K[50, 50]) == 0.0
+        factor.append(K[51:90, :51], K[51:90, 51:90])
+    assert factor.capacity == 100
+    expected = chol_append_reference(K, 40)
+    assert _relative_error(factor.L, expected.L) <= 1e-10
+    assert _relative_error(factor.Linv, expected.Linv) <= 1e-10
+
+    gen = torch.Generator().manual_seed(0)
+    b = torch.randn(90, 3, generator=gen, dtype=torch.float64)
+    solved = torch.linalg.solve(K, b)
+    assert _relative_error(factor.solve(b), solved) <= 1e-8
+    assert _relative_error(factor.solve(b[:, 0]), solved[:, 0]) <= 1e-8
+    assert factor.solve(b[:, 0]).shape == (90,)
+
+    # fantasies: truncate drops the last points in O(1), and appending others is exact
+    factor.truncate(60)
+    assert len(factor) == 60 and factor.L.shape == (60, 60)
+    _, x = _gram(90, seed=12)
+    x = torch.cat([x[:60], x[80:]])
+    K2 = torch.exp(-0.5 * torch.cdist(x, x).square() / 0.3**2)
+    K2 = K2 + 1e-3 * torch.eye(70, dtype=torch.float64)
+    with use_backend(backend):
+        factor.append(K2[60:, :60], K2[60:, 60:])
+    assert _relative_error(factor.L, torch.linalg.cholesky(K2)) <= 1e-10
+    assert _relative_error(factor.solve(b[:70]), torch.linalg.solve(K2, b[:70])) <= 1e-8
+    factor.reset()
+    assert len(factor) == 0 and factor.solve(b[:0]).shape == (0, 3)
+    factor.reset(L[:5, :5] + torch.ones(5, 5, dtype=torch.float64).triu(1))  # upper ignored
+    assert len(factor) == 5 and factor.capacity == 100 and torch.equal(factor.L, L[:5, :5].tril())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_growing_factor_jitter_and_failure(backend):
+    """A duplicate gets the jitter chol_append adds; a hopeless append raises chol_append's
+    error and leaves the factor as it was, even when it had to grow first."""
+    backend_or_skip("chol_append", backend)
+    n = 50
+    K = _with_duplicate(n, duplicate_of=17)
+    factor = CholeskyFactor(torch.linalg.cholesky(K[:n, :n]), inverse=True, capacity=n)
+    before, before_inverse = factor.L.clone(), factor.Linv.clone()
+    with use_backend(backend):
+        with pytest.raises(KernelError, match="not positive definite"):
+            factor.append(K[n:, :n], K[n:, n:], max_tries=0)
+        assert len(factor) == n and torch.equal(factor.L, before)
+        assert torch.equal(factor.Linv, before_inverse)
+        assert factor.append(K[n:, :n], K[n:, n:]) == pytest.approx(1e-10)
+    assert len(factor) == n + 1 and torch.isfinite(factor.L).all()
+    expected = chol_append_reference(K, 1, jitter_added=1e-10)
+    assert _relative_error(factor.L, expected.L) <= 1e-8
+
+
+def test_growing_factor_errors():
+    f64 = dict(dtype=torch.float64)
+    factor = CholeskyFactor(torch.eye(4, **f64))
+
+    def bad(message, K_new_old, K_new_new, **kw):
+        with pytest.raises(KernelError, match=message):
+            factor.append(K_new_old, K_new_new, **kw)
+        assert len(factor) == 4 and torch.equal(factor.L, torch.eye(4, **f64))
+
+    bad(r"K_new_old must be \[k, n\]", torch.zeros(1, 3, **f64), torch.eye(1, **f64))
+    bad(r"K_new_new must be square", torch.zeros(2, 4, **f64), torch.zeros(2, 3, **f64))
+    bad("needs a scalar K_new_new", torch.zeros(4, **f64), torch.eye(2, **f64))
+    bad("is torch.float32 but L is torch.float64", torch.zeros(1, 4), torch.eye(1, **f64))
+    bad("move them together", torch.zeros(1, 4, device="meta", **f64), torch.eye(1, **f64))
+    bad("must be a torch.Tensor", [[0.0] * 4], torch.eye(1, **f64))
+    bad("NaN or inf", torch.zeros(1, 4, **f64), torch.full((1, 1), float("inf"), **f64))
+    bad("not differentiable", torch.zeros(1, 4, requires_grad=True, **f64), torch.eye(1, **f64))
+    bad("jitter must be positive", torch.zeros(1, 4, **f64), torch.eye(1, **f64), jitter=-1.0)
+    with pytest.raises(KernelError, match="capacity must be an integer >= 1"):
+        CholeskyFactor(capacity=0)
+    with pytest.raises(KernelError, match="use float64"):
+        CholeskyFactor(dtype=torch.float16)
+    with pytest.raises(KernelError, match="use float64"):
+        CholeskyFactor(torch.eye(3, dtype=torch.bfloat16))
+    with pytest.raises(KernelError, match=r"L must be a square matrix \[n, n\], got \(3, 2\)"):
+        CholeskyFactor(torch.zeros(3, 2, **f64))
+    with pytest.raises(KernelError, match="L is torch.float32 on cpu but the factor holds"):
+        factor.reset(torch.eye(3))
+    with pytest.raises(KernelError, match=r"truncate: n must be in \[0, 4\]"):
+        factor.truncate(5)
+    with pytest.raises(KernelError, match=r"rhs must be \[n\] or \[n, m\] with n = 4"):
+        factor.solve(torch.zeros(3, **f64))
+    with pytest.raises(KernelError, match="rhs is torch.float32"):
+        factor.solve(torch.zeros(4))
+
+
+def test_gp_keeps_its_factor_in_a_growing_factor():
+    """The GP of the bayes searcher appends observations through CholeskyFactor: in place
+    between doublings, and equal to a fresh factorisation."""
+    from medtune.search.gp import GaussianProcess, GPHyper, kernel_matrix
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(70, 3, generator=gen, dtype=torch.float64)
+    y = x.sum(1)
+    hyper = GPHyper((0.4, 0.5, 0.6), 1.0, 1e-3)
+    gp = GaussianProcess(3, capacity=16)
+    gp.set_data(x[:10], y[:10], hyper)
+    assert isinstance(gp.factor, CholeskyFactor) and gp.factor.capacity == 16
+    buffer = _storage(gp.factor)
+    for i in range(10, 16):
+        gp.append(x[i:i + 1], y[i:i + 1])
+        assert _storage(gp.factor) == buffer and len(gp.factor) == gp.n == i + 1
+    gp.append(x[16:70], y[16:70])
+    assert gp.factor.capacity == 70 and gp.n == 70
+    K = kernel_matrix(x, x, hyper.lengthscale_tensor(), hyper.outputscale) \
+        + hyper.noise * torch.eye(70, dtype=torch.float64)
+    assert _relative_error(gp.factor.L, torch.linalg.cholesky(K)) <= 1e-10
+    gp.truncate(12)
+    assert len(gp.factor) == 12
