@@ -1,5 +1,5 @@
-"""The ``medtune`` command line: run, resume, status, report, backup, compare, plugins, doctor
-and bench."""
+"""The ``medtune`` command line: run, resume, status, report, backup, compare, export, predict,
+plugins, doctor and bench, and the commands plugins add (see :mod:`medtune.commands`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medtune import __version__, doctor
+from medtune.commands import plugin_commands
 from medtune.errors import MedtuneError
 from medtune.registry import KINDS, registry
 from medtune.tables import verbatim
@@ -91,6 +92,15 @@ def _cmd_study(args: argparse.Namespace, console: Console) -> int:
         studies.compare(args.studies, console, out=args.out)
     elif args.command == "backup":
         studies.backup(studies.locate(args.study), args.destination, console)
+    elif args.command == "export":
+        from medtune import export
+
+        export.export(studies.locate(args.study), args.out, console, trial=args.trial)
+    elif args.command == "predict":
+        from medtune import export
+
+        export.predict(args.model, args.input, args.output, console, labels=args.labels,
+                       tta=args.tta)
     else:
         getattr(studies, args.command)(studies.locate(args.study), console)
     return 0
@@ -128,12 +138,33 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default=None, metavar="FOLDER",
                          help="where to write comparison.png and comparison.html (default: "
                               "comparison/ next to the first study)")
+    export = commands.add_parser(
+        "export", help="copy a trial's artifacts (its trained model) to a folder, with a manifest")
+    export.add_argument("study", help=STUDY_HELP)
+    export.add_argument("out", help="the new folder, which must not exist yet")
+    export.add_argument("--trial", type=int, default=None, metavar="N",
+                        help="the trial to export (default: the best one that kept artifacts)")
+    predict = commands.add_parser(
+        "predict", help="predict the inputs of a folder with an exported model or a study's best")
+    predict.add_argument("model", help="a folder `medtune export` wrote, or a study (" + STUDY_HELP
+                         + "): its best trial that kept artifacts")
+    predict.add_argument("--input", required=True, metavar="DIR", help="the inputs to predict")
+    predict.add_argument("--output", required=True, metavar="DIR",
+                         help="where the predictions go: a new or empty folder")
+    predict.add_argument("--labels", default=None, metavar="DIR",
+                         help="reference labels of the inputs, to score the predictions")
+    predict.add_argument("--tta", action="store_true",
+                         help="test-time augmentation, where the task offers it")
     commands.add_parser("plugins", help="list every plugin by kind, broken ones marked")
     commands.add_parser("doctor", help="check Python, torch, Triton, compiler, kernels, GPU")
     # `medtune bench ARGS...` hands ARGS to the benchmark runner untouched (see main)
     commands.add_parser(
         "bench", help="measure medtune against its peers and write BENCHMARKS.md", add_help=False
     )
+    for name, command in plugin_commands(set(commands.choices)).items():
+        parser_of = commands.add_parser(name, help=command.help)
+        command.add_arguments(parser_of)
+        parser_of.set_defaults(plugin_command=command)
     return parser
 
 
@@ -148,7 +179,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, ".")
         return _cmd_bench(argv[1:], console)
     args = build_parser().parse_args(argv)
-    handler = {"plugins": _cmd_plugins, "doctor": _cmd_doctor}.get(args.command, _cmd_study)
+    plugin_command = getattr(args, "plugin_command", None)
+    handler = (plugin_command.run if plugin_command is not None else
+               {"plugins": _cmd_plugins, "doctor": _cmd_doctor}.get(args.command, _cmd_study))
     try:
         return handler(args, console)
     except MedtuneError as exc:

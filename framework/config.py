@@ -14,6 +14,7 @@ Layout::
     n_workers = 1
     address = "auto"                 # ray only: "auto", "local" or "ray://host:port"
     on_failure = "exclude"           # or "penalize" (with penalty = value)
+    keep_best = 5                    # trials whose artifacts are kept (the best ones); 0: all
 
     [searcher]
     name = "hyperband"               # any plugin of kind "searcher"; other keys are its options
@@ -67,6 +68,7 @@ from medtune.errors import MedtuneError
 from medtune.registry import available
 from medtune.search.replay import Goal, ReplayError
 from medtune.search.searcher import DIRECTIONS, FAILURE_POLICIES
+from medtune.study.artifacts import KEEP_BEST, check_keep_best
 from medtune.study.executors import EXECUTORS
 from medtune.tasks import check_settings, load_task
 
@@ -130,6 +132,7 @@ class StudyConfig:
     scale: ScaleSpec | None = None
     replay: ReplaySpec | None = None
     trial_timeout: float | None = None  # None: the task's own limit; 0: no limit
+    keep_best: int = KEEP_BEST  # the best trials that keep their artifacts; 0: every trial
     source: str = ""
     path: Path | None = field(default=None, repr=False)
 
@@ -162,7 +165,8 @@ def _choice(value: str, choices: tuple[str, ...], where: str) -> str:
 
 #: The keys of the [study] table.
 STUDY_KEYS = frozenset({"name", "direction", "n_trials", "timeout", "seed", "storage", "executor",
-                        "n_workers", "address", "on_failure", "penalty", "trial_timeout"})
+                        "n_workers", "address", "on_failure", "penalty", "trial_timeout",
+                        "keep_best"})
 
 SECTIONS = ("study", "searcher", "objective", "space", "table", "scale", "replay")
 
@@ -203,6 +207,11 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
         raise ConfigError(f"{w}.trial_timeout: expected a positive number of seconds (0 for no "
                           f"limit), got {trial_timeout}")
     n_workers = _expect(study, "n_workers", int, w, 1)  # checked with the executor's settings
+    keep_best = _expect(study, "keep_best", int, w, KEEP_BEST)
+    try:
+        check_keep_best(keep_best)
+    except ValueError as exc:
+        raise ConfigError(f"{w}.{exc}") from None
     on_failure = _choice(_expect(study, "on_failure", str, w, "exclude"), FAILURE_POLICIES, f"{w}.on_failure")
     penalty = _expect(study, "penalty", (int, float), w)
     if penalty is not None and not math.isfinite(penalty):
@@ -275,6 +284,7 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
         n_trials=n_trials,
         timeout=float(timeout) if timeout is not None else None,
         trial_timeout=float(trial_timeout) if trial_timeout is not None else None,
+        keep_best=keep_best,
         seed=_seed(_expect(study, "seed", int, w, 0), f"{w}.seed"),
         storage=storage if storage.is_absolute() else Path.cwd() / storage,
         executor=_choice(_expect(study, "executor", str, w, "inline"), EXECUTORS, f"{w}.executor"),

@@ -88,6 +88,16 @@ def medtune_metrics() -> Mapping[str, Factory]:
 
 
 @hookspec
+def medtune_commands() -> Mapping[str, Factory]:
+    """Called once when the command line starts (kind ``command``).
+
+    Returns ``{name: factory}``; each factory, called without arguments, builds a
+    :class:`medtune.commands.Command`, run as ``medtune NAME ...`` (a subclass is its own
+    factory). A name that a core command already has is skipped with a warning.
+    """
+
+
+@hookspec
 def medtune_kernel_impls() -> Mapping[str, Any]:
     """Called once when the kernel dispatcher first selects a backend.
 

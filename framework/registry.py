@@ -34,6 +34,7 @@ KINDS: dict[str, str] = {
     "dataset": "medtune_datasets",
     "quality_estimator": "medtune_quality_estimators",
     "metric": "medtune_metrics",
+    "command": "medtune_commands",
 }
 
 

@@ -14,6 +14,7 @@ from medtune.config import ConfigError, StudyConfig, load_config, parse_config
 from medtune.errors import MedtuneError
 from medtune.report import StudyReplay, report_folder, study_replay, write_comparison, write_report
 from medtune.search import Searcher, SearchSpace
+from medtune.study.artifacts import artifact_root, require_absent
 from medtune.study.executors import Executor, ExecutorError, declared_trial_timeout
 from medtune.study.runner import RunOptions, StudySummary, resume_study, run_study
 from medtune.study.store import SCHEMA_VERSION, StudyStore, StudyStoreError, TrialState
@@ -82,7 +83,7 @@ def _prepare(config: StudyConfig, seed: int) -> _Study:
             n_trials=config.n_trials, timeout=config.timeout, executor=config.executor,
             n_workers=config.n_workers, trial_timeout=trial_timeout,
             executor_options={"address": config.address} if config.address else {},
-            import_path=import_path,
+            import_path=import_path, keep_best=config.keep_best,
         )
     except ExecutorError as exc:  # an executor setting or option it refuses
         raise ConfigError(f"{where}: study: {exc}") from None
@@ -133,6 +134,7 @@ def run(config_path: str | Path | None, console: Console, scale: float | None = 
             f"{config.storage} already exists: continue it with `medtune resume {config.storage}` "
             "or set another study.storage"
         )
+    require_absent(config.storage)
     with _executor(config, study) as executor:
         try:
             config.storage.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +208,11 @@ def status(study_path: str | Path, console: Console) -> None:
         else:
             console.print(f"Best: trial {best.id}, value {format_number(best.value)}, "
                           f"config {verbatim(format_config(best.config))}")
+        kept = store.artifacts()
+        if kept:
+            console.print(f"Artifacts: {len(kept)} trial(s) keep theirs in "
+                          f"{verbatim(artifact_root(study_path))}; `medtune export` copies one "
+                          "out", highlight=False, soft_wrap=True)
 
 
 def report(study_path: str | Path, console: Console, replayed: StudyReplay | None = None) -> Path:

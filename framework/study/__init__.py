@@ -8,8 +8,11 @@ A study is one SQLite file (:class:`StudyStore`); :func:`run_study` drives a sea
 Modules: :mod:`.store` (the trials of a study file), on top of :mod:`.database` (the file:
 transactions, checkpoints, upgrades, backups, the driver lock), :mod:`.schema` (its tables),
 :mod:`.records` (trials and metadata as Python values) and :mod:`.files` (new files linked
-into place); :mod:`.executors` (where trials run); :mod:`.runner` (the study loop).
+into place); :mod:`.executors` (where trials run); :mod:`.runner` (the study loop);
+:mod:`.artifacts` (the files a trial keeps: :func:`medtune.study.artifacts.trial_folder`).
 """
+
+from medtune.study import artifacts
 
 from medtune.study.executors import (
     EXECUTORS,
@@ -81,6 +84,7 @@ __all__ = [
     "TrialState",
     "TrialTask",
     "TrialTimeout",
+    "artifacts",
     "check_executor",
     "driver_lock",
     "executor_class",

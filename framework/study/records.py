@@ -70,6 +70,9 @@ class Trial:
     told_failed: bool | None
     intermediate: dict[float, float] = field(default_factory=dict)
     metrics: dict[str, float | list[float]] = field(default_factory=dict)
+    #: the folder of the files it kept, relative to the study file's folder (see
+    #: :mod:`medtune.study.artifacts`); None when it keeps none
+    artifact: str | None = None
 
 
 @dataclass(frozen=True)

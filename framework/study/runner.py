@@ -14,6 +14,11 @@ its executor and recorded FAIL (reason ``timeout``); the run goes on. Ctrl-C
 REQUEUED with reason ``interrupted``, and :class:`StudyInterrupted` is raised;
 :func:`resume_study` runs their configurations again.
 
+Each trial may keep files (its trained weights...) in the folder
+:func:`medtune.study.artifacts.trial_folder` gives it; the driver records the folders of
+COMPLETE trials, keeps those of the best ``keep_best`` trials only, and a resume removes the
+folders of trials that were in flight (see :mod:`medtune.study.artifacts`).
+
 The searcher hears each outcome as it is (:func:`outcome`: the objective's value, or a
 failure); its direction and failure policy decide what that counts as
 (:class:`medtune.search.Searcher`), so it must be built with the study's direction.
@@ -32,6 +37,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -53,6 +59,7 @@ from rich.progress import (
 
 from medtune.errors import MedtuneError
 from medtune.search.searcher import Searcher, Suggestion, to_score
+from medtune.study import artifacts
 from medtune.study.executors import (
     Executor,
     Objective,
@@ -110,6 +117,8 @@ class RunOptions:
             installed packages and PYTHONPATH, in the driver and in the workers.
         progress: show a progress bar (trials done of ``n_trials`` or of the searcher's
             ``planned_trials``, best value, ETA).
+        keep_best: how many of the best COMPLETE trials keep their artifacts (0: every
+            trial's; see :mod:`medtune.study.artifacts`).
 
     Raises :class:`~medtune.study.executors.ExecutorError` for executor settings the executor
     refuses (checked here, before anything runs) and ``ValueError`` for the others.
@@ -123,8 +132,10 @@ class RunOptions:
     executor_options: Mapping[str, Any] = field(default_factory=dict)
     import_path: tuple[str, ...] = ()
     progress: bool = True
+    keep_best: int = artifacts.KEEP_BEST
 
     def __post_init__(self) -> None:
+        artifacts.check_keep_best(self.keep_best)
         if self.n_trials is not None and (isinstance(self.n_trials, bool)
                                           or not isinstance(self.n_trials, int)
                                           or self.n_trials < 0):
@@ -199,7 +210,9 @@ def run_study(
             here. The run closes it.
 
     Raises :class:`StudyRunError` for a study that has trials or a searcher that does not fit
-    it, and :class:`StudyInterrupted` on Ctrl-C (see the module docstring).
+    it, :class:`~medtune.study.artifacts.ArtifactError` when its artifact folder holds an
+    earlier study's trials, and :class:`StudyInterrupted` on Ctrl-C (see the module
+    docstring).
     """
     with driver_lock(store.path):
         existing = store.count(TrialState)
@@ -209,6 +222,7 @@ def run_study(
                 "(`medtune resume`), or start a new study file"
             )
         _check_searcher(searcher, store)
+        artifacts.require_absent(store.path)
         return _Driver(store, searcher, objective, options, executor).run(deque())
 
 
@@ -246,6 +260,10 @@ def resume_study(
         if requeued:
             logger.info("%s: requeued %d trials left running by the previous driver: %s",
                         store.path, len(requeued), ", ".join(str(t.id) for t in requeued))
+        removed = artifacts.remove_unlisted(store.path, store.artifacts().values())
+        if removed:
+            logger.info("%s: removed the artifact folders of trials that were in flight: %s",
+                        store.path, ", ".join(folder.name for folder in removed))
         pending = replay(store, searcher)
         return _Driver(store, searcher, objective, options, executor).run(pending)
 
@@ -344,6 +362,7 @@ class _Driver:
         self.objective = objective
         self.options = options
         self.executor = executor
+        self.artifact_root = artifacts.artifact_root(store.path.resolve())
         best = store.best_trial()
         self.best = best.value if best else None
         self.finished = store.count()
@@ -446,16 +465,22 @@ class _Driver:
                 requeued_from=requeued_from,
             )
             in_flight[trial_id] = suggestion
-            executor.submit(TrialTask(trial_id, config, suggestion.resource, seed))
+            executor.submit(TrialTask(trial_id, config, suggestion.resource, seed,
+                                      str(self.artifact_root)))
 
     def _record(self, result: TrialResult, suggestion: Suggestion) -> None:
         """Commit one result to the store, then tell the searcher its outcome."""
         value, failed = outcome(result.state, result.value)
         run = result.execution
         told = {"told_value": value, "told_failed": failed}
+        if result.state is not TrialState.COMPLETE:  # a killed worker may have left a folder
+            artifacts.TrialArtifacts(self.artifact_root, result.trial_id).discard()
         if result.state is TrialState.COMPLETE:
             assert result.value is not None
-            self.store.complete_trial(result.trial_id, result.value, run, **told)
+            self.store.complete_trial(result.trial_id, result.value, run, **told,
+                                      artifact=self._kept_artifact(result))
+            for folder in self.store.release_artifacts(self.options.keep_best):
+                shutil.rmtree(folder, ignore_errors=True)
             direction = self.store.direction
             if self.best is None or (to_score(result.value, direction)
                                      < to_score(self.best, direction)):
@@ -472,6 +497,19 @@ class _Driver:
                            result.failure_reason.value, first_line[0])
         self.finished += 1
         self.searcher.tell(suggestion, value, failed=failed)
+
+    def _kept_artifact(self, result: TrialResult) -> str | None:
+        """The artifact folder of a COMPLETE trial as the store records it, if it kept one
+        that this driver can see."""
+        if not result.kept_artifacts:
+            return None
+        if not artifacts.TrialArtifacts(self.artifact_root, result.trial_id).final.is_dir():
+            logger.warning(
+                "trial %d kept artifacts on host %s in %s, which this driver cannot see: they "
+                "are not recorded; put the study on a file system that every worker mounts at "
+                "the same path", result.trial_id, result.execution.host, self.artifact_root)
+            return None
+        return artifacts.relative_folder(self.store.path, result.trial_id)
 
     def _best_text(self) -> str:
         return "-" if self.best is None else f"{self.best:.6g}"

@@ -14,7 +14,7 @@ from medtune.study.records import FailureReason, Trial, TrialState
 
 #: Version of the table layout below; a file with a larger version was written by a newer
 #: medtune and is refused.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: How to bring an older file up to :data:`SCHEMA_VERSION`, one step per version, each step
 #: its SQL statements (all run in one transaction when the file is opened).
@@ -27,6 +27,7 @@ MIGRATIONS = {
         "'''worker_died'', ''timeout'', ''interrupted'')') "
         "WHERE type = 'table' AND name = 'trials'",
         "PRAGMA writable_schema = RESET"),  # off, and the new definition read at once
+    3: ("ALTER TABLE trials ADD COLUMN artifact TEXT",),  # trial artifacts
 }
 #: What the ``application`` key of the ``meta`` table holds in every study file.
 APPLICATION = "medtune"
@@ -61,7 +62,10 @@ CREATE TABLE trials (
     requeued_from    INTEGER REFERENCES trials(id),  -- the orphaned trial it re-runs
     told_value       REAL,              -- what the driver told the searcher (to replay it)
     told_failed      INTEGER,           -- 1 when the searcher was told the trial failed
-    metrics          TEXT NOT NULL DEFAULT '{}'  -- JSON: further named results of the objective
+    metrics          TEXT NOT NULL DEFAULT '{}',  -- JSON: further named results of the objective
+    artifact         TEXT  -- folder of the files it kept, relative to the study file's folder,
+                           -- or NULL: none (it wrote none, did not complete, or was not among
+                           -- the best keep_best and they were removed)
 );
 CREATE INDEX trials_state ON trials(state);
 CREATE TABLE intermediate_values (
@@ -77,7 +81,7 @@ CREATE TABLE intermediate_values (
 COLUMNS = (
     "id, suggestion_id, config, resource, tag, seed, state, value, failure_reason,"
     " traceback, started, finished, duration, host, worker_pid, completion_order,"
-    " asked_after, requeued_from, told_value, told_failed, metrics"
+    " asked_after, requeued_from, told_value, told_failed, metrics, artifact"
 )
 
 
@@ -121,7 +125,7 @@ def trial_from_row(row: tuple, intermediate: list[tuple[Any, Any]]) -> Trial:
     """The trial of one row of :data:`COLUMNS` (:class:`RowDamage` when the row is damaged)."""
     (trial_id, suggestion_id, config, resource, tag, seed, state, value, reason, traceback,
      started, finished, duration, host, worker_pid, completion_order, asked_after,
-     requeued_from, told_value, told_failed, metrics) = row
+     requeued_from, told_value, told_failed, metrics, artifact) = row
     try:
         state = TrialState(state)
         reason = FailureReason(reason) if reason else None
@@ -154,6 +158,7 @@ def trial_from_row(row: tuple, intermediate: list[tuple[Any, Any]]) -> Trial:
         metrics={name: ([_metric_number(x, f"metrics {name!r}") for x in v]
                         if isinstance(v, list) else _metric_number(v, f"metrics {name!r}"))
                  for name, v in _json_object(metrics, "metrics").items()},
+        artifact=_read(artifact, "artifact", str, optional=True),
     )
 
 

@@ -21,6 +21,11 @@ Tables:
   ``direction`` (``minimize`` or ``maximize``), ``seed``, ``config_toml`` (the experiment's
   TOML text), ``created`` (ISO 8601, UTC) and ``medtune_version``.
 - ``trials``: one row per trial; see :data:`medtune.study.schema.SCHEMA` for the columns.
+  ``artifact`` (schema version 4) is the folder of the files a COMPLETE trial kept, relative
+  to the study file's folder (``<stem>.artifacts/trial_<id>``), or NULL when it keeps none:
+  it wrote none, did not complete, or was not among the best ``keep_best`` trials and its
+  folder was removed (see :mod:`medtune.study.artifacts`). A version 3 file gets the column,
+  all NULL, when a writer opens it.
 - ``intermediate_values(trial_id, step, value)``: the value a trial reported at each resource
   level or step (what Hyperband compares).
 
@@ -183,12 +188,14 @@ class StudyStore(StudyFile):
         *,
         told_value: float | None = None,
         told_failed: bool | None = None,
+        artifact: str | None = None,
     ) -> Trial:
         """Mark a RUNNING trial COMPLETE with its final ``value``.
 
         ``execution`` says where and when the objective ran and what it reported on the way
         (default: unknown, finished now); ``told_value``/``told_failed`` record what the driver
-        told the searcher, so that a resumed study replays exactly that.
+        told the searcher, so that a resumed study replays exactly that; ``artifact`` is the
+        folder of the files the trial kept, relative to the study file's folder.
         """
         if not math.isfinite(value):
             raise ValueError(
@@ -196,7 +203,7 @@ class StudyStore(StudyFile):
                 "record it with fail_trial(reason='nan')"
             )
         return self._finish(trial_id, TrialState.COMPLETE, value, None, None, execution,
-                            told_value, told_failed)
+                            told_value, told_failed, artifact)
 
     def prune_trial(
         self,
@@ -242,6 +249,7 @@ class StudyStore(StudyFile):
         execution: Execution | None,
         told_value: float | None,
         told_failed: bool | None,
+        artifact: str | None = None,
     ) -> Trial:
         """Record a trial's outcome, intermediate values and timings in one transaction."""
         run = execution or Execution()
@@ -259,12 +267,12 @@ class StudyStore(StudyFile):
                 "UPDATE trials SET state = ?, value = ?, failure_reason = ?, traceback = ?,"
                 " started = COALESCE(?, started), finished = ?, duration = ?, host = ?,"
                 " worker_pid = ?, completion_order = ?, told_value = ?, told_failed = ?,"
-                " metrics = ? WHERE id = ?",
+                " metrics = ?, artifact = ? WHERE id = ?",
                 (state.value, finite_or_none(value), reason.value if reason else None,
                  traceback, run.started.isoformat() if run.started else None,
                  finished.isoformat(), run.duration, run.host, run.worker_pid, order,
                  finite_or_none(told_value), None if told_failed is None else int(told_failed),
-                 metrics, trial_id),
+                 metrics, artifact, trial_id),
             )
             connection.executemany(
                 "INSERT OR REPLACE INTO intermediate_values (trial_id, step, value)"
@@ -309,6 +317,22 @@ class StudyStore(StudyFile):
             return ids
 
         return [self.trial(trial_id) for trial_id in self._write(body)]
+
+    def release_artifacts(self, keep_best: int) -> list[Path]:
+        """Forget the artifacts of the COMPLETE trials outside the best ``keep_best`` (by the
+        study's direction, ties to the trial recorded first): their ``artifact`` becomes NULL,
+        in one transaction. Returns the folders they had, for the caller to remove after
+        this, so the store never lists a removed folder. ``keep_best`` 0 keeps every
+        trial's."""
+        if keep_best == 0:
+            return []
+        rows = self._query(
+            f"SELECT id, artifact FROM trials WHERE state = 'COMPLETE' AND artifact IS NOT NULL"
+            f" ORDER BY {self._ranking()} LIMIT -1 OFFSET ?", (keep_best,))
+        if rows:
+            self._write(lambda connection: connection.executemany(
+                "UPDATE trials SET artifact = NULL WHERE id = ?", [(row[0],) for row in rows]))
+        return [self.path.parent / row[1] for row in rows]
 
     @staticmethod
     def _require_running(connection: sqlite3.Connection, trial_id: int) -> None:
@@ -357,23 +381,40 @@ class StudyStore(StudyFile):
         ((n,),) = self._query(f"SELECT COUNT(*) FROM trials WHERE state IN ({marks})", names)
         return int(n)
 
-    def best_trial(self) -> Trial | None:
-        """The COMPLETE trial with the best value for the study's direction (None if none).
+    def best_trial(self, *, with_artifact: bool = False) -> Trial | None:
+        """The COMPLETE trial with the best value for the study's direction (None if none);
+        ``with_artifact``: the best of those that keep artifacts.
 
         Ties go to the trial recorded first.
         """
-        order = "ASC" if self.direction == "minimize" else "DESC"
+        kept = " AND artifact IS NOT NULL" if with_artifact else ""
         offset = 0
         while True:
             rows = self._query(
-                f"SELECT {COLUMNS} FROM trials WHERE state = 'COMPLETE'"
-                f" ORDER BY value {order}, completion_order ASC LIMIT 1 OFFSET ?", (offset,))
+                f"SELECT {COLUMNS} FROM trials WHERE state = 'COMPLETE'{kept}"
+                f" ORDER BY {self._ranking()} LIMIT 1 OFFSET ?", (offset,))
             if not rows:
                 return None
             trials = self._build(rows)
             if trials:
                 return trials[0]
             offset += 1  # that row is damaged: the next best
+
+    def _ranking(self) -> str:
+        """The SQL order of COMPLETE trials from the best: by value for the study's direction,
+        ties to the trial recorded first."""
+        order = "ASC" if self.direction == "minimize" else "DESC"
+        return f"value {order}, completion_order ASC"
+
+    def artifacts(self) -> dict[int, str]:
+        """``{trial id: artifact folder relative to the study file's folder}`` of every trial
+        that keeps artifacts."""
+        return dict(self._query(
+            "SELECT id, artifact FROM trials WHERE artifact IS NOT NULL ORDER BY id"))
+
+    def artifact_folder(self, trial: Trial) -> Path | None:
+        """Where ``trial``'s artifacts are (None when it keeps none)."""
+        return None if trial.artifact is None else self.path.parent / trial.artifact
 
     def damaged_trials(self) -> dict[int, str]:
         """The trials whose row cannot be read, each with what is wrong with it (empty when

@@ -3,7 +3,12 @@
 A task is a :class:`Task` subclass that a plugin returns from its ``medtune_tasks`` hook. It
 declares its settings (:attr:`Task.settings`), trains in :meth:`Task.train`, and may declare a
 time limit per trial (:attr:`Task.trial_timeout`), a results table for studies without one
-(:attr:`Task.table`) and report figures (:meth:`Task.figures`).
+(:attr:`Task.table`), report figures (:meth:`Task.figures`) and prediction with a trained
+model (:meth:`Task.predict`, what ``medtune predict`` runs).
+
+A task that can predict keeps its model while it trains: it writes what :meth:`Task.predict`
+needs into :func:`medtune.study.artifacts.trial_folder` (None outside a study), and
+``medtune export`` copies that folder out; :meth:`Task.predict` then reads it.
 
 Calling a task is a study's objective, ``task(config, resource, seed, report)``: ``config``
 (the fixed settings under the searched parameters) is checked by :func:`check_settings` (an
@@ -144,6 +149,23 @@ class Task:
         """Write the task's report figures of the study's finished ``trials`` into ``folder``;
         ``(file, caption)`` of each, ``[]`` when the trials carry nothing to draw."""
         return []
+
+    def predict(self, model_folder: Path, inputs: Path, output: Path, *,
+                labels: Path | None = None, tta: bool = False,
+                console: Any = None) -> Mapping[str, Any]:
+        """Predict every input in the folder ``inputs`` with the model of ``model_folder`` (a
+        trial's artifact folder, as its :meth:`train` wrote it into
+        :func:`medtune.study.artifacts.trial_folder`, or a copy ``medtune export`` made) and
+        write the predictions into ``output`` (an existing, empty folder; the task writes
+        each file whole, e.g. under a temporary name then renamed). ``labels``: a folder of
+        reference labels of the inputs, to score the predictions against; ``tta``: test-time
+        augmentation; ``console``: a ``rich.console.Console`` for progress and tables, or None
+        for none. Returns the scores, per input and overall (empty without ``labels``).
+        Raises :class:`~medtune.errors.MedtuneError` naming the input or file that is wrong.
+
+        The base class cannot predict and raises :class:`~medtune.errors.MedtuneError`."""
+        raise MedtuneError(f"task {self.name!r} cannot predict: it defines no predict() for "
+                           "its trained models; predict with a study of a task that does")
 
     def validate(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """``config`` checked (:func:`check_settings`, ``threads``, :meth:`check`) and merged

@@ -114,6 +114,7 @@ def test_status_and_report_of_an_old_study_read_it_without_changing_a_byte(tmp_p
     path = tmp_path / "old.sqlite"
     _study_with_three_trials(path)
     _sql(path, "ALTER TABLE trials DROP COLUMN metrics",  # what schema version 1 wrote
+         "ALTER TABLE trials DROP COLUMN artifact",
          "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     before = path.read_bytes()
     assert main(["status", str(path)]) == 0

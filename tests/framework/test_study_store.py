@@ -341,10 +341,11 @@ def test_damaged_metadata_is_refused_by_name(study):
 
 
 def _version_1_study(path) -> None:
-    """A study as schema version 1 wrote it (no metrics column), with one trial."""
+    """A study as schema version 1 wrote it (no metrics or artifact column), with one trial."""
     with StudyStore.create(path) as store:
         store.complete_trial(store.create_trial(suggestion_id=0, config={"x": 1}, seed=0), 2.0)
     _damage(path, "ALTER TABLE trials DROP COLUMN metrics")
+    _damage(path, "ALTER TABLE trials DROP COLUMN artifact")
     _damage(path, "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
 
 

@@ -56,13 +56,14 @@ def test_a_version_1_study_is_migrated_in_place(tmp_path):
         store.complete_trial(store.create_trial(suggestion_id=0, config={"x": 1}, seed=0), 2.0)
     with sqlite3.connect(path) as db:  # what a version-1 file looked like
         db.execute("ALTER TABLE trials DROP COLUMN metrics")
+        db.execute("ALTER TABLE trials DROP COLUMN artifact")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     with StudyStore(path) as store:
-        assert store.info.schema_version == SCHEMA_VERSION == 3
+        assert store.info.schema_version == SCHEMA_VERSION == 4
         (trial,) = store.trials()
         assert trial.value == 2.0 and trial.metrics == {}
     with sqlite3.connect(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("4",)
 
 
 def test_summarise_groups_by_row_keys_in_order_of_appearance(tmp_path):

@@ -165,6 +165,7 @@ def test_an_older_study_file_takes_the_new_failure_reasons(tmp_path):
     with StudyStore.create(path) as store:
         trial_id = store.create_trial(suggestion_id=0, config={"x": 1}, seed=0)
     connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("ALTER TABLE trials DROP COLUMN artifact")  # added by version 4
     connection.execute("PRAGMA writable_schema = ON")  # the table as version 2 defined it
     connection.execute(
         "UPDATE sqlite_master SET sql = replace(sql, ''',\n                                  "
@@ -175,7 +176,7 @@ def test_an_older_study_file_takes_the_new_failure_reasons(tmp_path):
         "SELECT sql FROM sqlite_master WHERE name = 'trials'").fetchone()[0]
     connection.close()
     with StudyStore(path) as store:
-        assert store.info.schema_version == store_module.SCHEMA_VERSION == 3
+        assert store.info.schema_version == store_module.SCHEMA_VERSION == 4
         store.fail_trial(trial_id, FailureReason.TIMEOUT, "stopped")
         assert store.trial(trial_id).failure_reason is FailureReason.TIMEOUT
     with sqlite3.connect(path) as connection:

@@ -44,6 +44,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from medtune.errors import MedtuneError
+from medtune.study.artifacts import TrialArtifacts, collecting
 from medtune.study.store import Execution, FailureReason, TrialState, utc_now
 
 #: After a first stop, how often the inline executor repeats it while an objective that
@@ -85,12 +86,14 @@ class Objective(Protocol):
 
 @dataclass(frozen=True)
 class TrialTask:
-    """What a worker needs to run one trial."""
+    """What a worker needs to run one trial. ``artifact_dir``: the study's artifact root,
+    where the trial keeps files (see :mod:`medtune.study.artifacts`); None: it keeps none."""
 
     trial_id: int
     config: Mapping[str, Any]
     resource: float | None
     seed: int
+    artifact_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class TrialResult:
     failure_reason: FailureReason | None = None
     traceback: str | None = None
     execution: Execution = field(default_factory=Execution)
+    #: the trial completed and its artifact folder was kept as ``trial_<id>/``
+    kept_artifacts: bool = False
 
 
 def objective_reference(objective: str | Objective) -> str | None:
@@ -212,6 +217,10 @@ def run_trial(objective: Objective, task: TrialTask,
     the stop and returned). This stops Python code and sleeps, not one long call into native
     code, which is interrupted only when it returns.
 
+    With ``task.artifact_dir``, :func:`medtune.study.artifacts.trial_folder` gives the
+    objective its trial's folder while it runs; the folder is kept when the trial completes
+    (a rename that fails fails the trial) and removed otherwise.
+
     Never raises for a problem of the trial itself (``KeyboardInterrupt`` still propagates, so
     that Ctrl-C stops the study).
     """
@@ -228,8 +237,10 @@ def run_trial(objective: Objective, task: TrialTask,
     state, value, reason, trace = TrialState.COMPLETE, None, None, None
     metrics: dict[str, float | list[float]] = {}
     alarm = _Alarm(time_limit, task.trial_id)
+    folder = None if task.artifact_dir is None else TrialArtifacts(task.artifact_dir,
+                                                                    task.trial_id)
     try:
-        with alarm:
+        with collecting(folder), alarm:
             returned = objective(dict(task.config), task.resource, task.seed, report)
         value, metrics = _as_metrics(returned)
     except TrialPruned:
@@ -257,6 +268,15 @@ def run_trial(objective: Objective, task: TrialTask,
         state, value, reason = TrialState.FAIL, None, FailureReason.TIMEOUT
         trace = f"{trace or ''}{alarm.message} (the objective caught the stop and went on)"
     duration = time.perf_counter() - clock
+    kept = False
+    if folder is not None:
+        try:
+            kept = folder.finish(keep=state is TrialState.COMPLETE)
+        except OSError as exc:
+            state, value, reason = TrialState.FAIL, None, FailureReason.EXCEPTION
+            trace = (f"trial {task.trial_id} completed but its artifact folder could not be kept "
+                     f"as {folder.final} ({exc.strerror or exc}): check that folder's file "
+                     "system (space, permissions)")
     execution = Execution(
         started=started,
         finished=utc_now(),
@@ -266,7 +286,7 @@ def run_trial(objective: Objective, task: TrialTask,
         intermediate=tuple(intermediate),
         metrics=metrics,
     )
-    return TrialResult(task.trial_id, state, value, reason, trace, execution)
+    return TrialResult(task.trial_id, state, value, reason, trace, execution, kept)
 
 
 class _Alarm:
