@@ -2,8 +2,9 @@
 
 ``grid`` and ``random`` (Bertrand2019, sec. 2.1), ``bayes`` (GP Bayesian optimisation,
 Bertrand2019, sec. 2.2-2.3), ``hyperband`` (Bertrand2019, sec. 2.5.1), ``bohb`` (Hyperband with
-GP proposals, Bertrand2019, sec. 2.5), ``evolution`` ((1+1)-ES, Pourchot2022, ch. 5.3.4) and
-``local`` (greedy hill climbing, Pourchot2022, ch. 4.3.3); build one with
+GP proposals, Bertrand2019, sec. 2.5), ``evolution`` ((1+1)-ES, Pourchot2022, ch. 5.3.4),
+``local`` (greedy hill climbing, Pourchot2022, ch. 4.3.3) and ``optuna`` (Optuna's samplers, with
+the extra ``medtune[optuna]``); build one with
 ``medtune.create("searcher", name, space=..., seed=..., direction=..., **options)``.
 """
 
@@ -13,6 +14,7 @@ from medtune.plugins.searchers.evolution import EvolutionSearcher
 from medtune.plugins.searchers.grid import GridSearcher
 from medtune.plugins.searchers.hyperband import BracketPlan, HyperbandSearcher, bracket_plan
 from medtune.plugins.searchers.local import LocalSearcher
+from medtune.plugins.searchers.optuna_sampler import OptunaSearcher
 from medtune.plugins.searchers.random import RandomSearcher
 from medtune.search.searcher import (  # the contract, re-exported beside its implementations
     Proposal,
@@ -30,6 +32,7 @@ SEARCHERS = {
     "bohb": BOHBSearcher,
     "evolution": EvolutionSearcher,
     "local": LocalSearcher,
+    "optuna": OptunaSearcher,
 }
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "GridSearcher",
     "HyperbandSearcher",
     "LocalSearcher",
+    "OptunaSearcher",
     "Proposal",
     "RandomSearcher",
     "Searcher",

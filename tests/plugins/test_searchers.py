@@ -69,6 +69,9 @@ def drive(searcher: Searcher, objective: Callable[[dict], float | None], limit: 
 #: searchers of the fixture plugin packages: name -> (fixture, distribution)
 PLUGIN_SEARCHERS = {"jitter": ("example_plugin", "medtune-example-plugin")}
 
+#: built-in searchers that need an optional extra: name -> the module it needs
+OPTIONAL_SEARCHERS = {"optuna": "optuna"}
+
 #: options that keep a searcher quick on `mixed_space` (the others need none)
 CONTRACT_OPTIONS: dict[str, dict] = {
     "grid": {"grid_points": 3},
@@ -86,6 +89,8 @@ def contract(request, monkeypatch) -> tuple[str, Callable[..., Searcher]]:
     """``(name, make)``: ``make(**arguments)`` builds the searcher ``name`` on `mixed_space`
     through the plugin registry (one that sees the fixture plugin, for its searchers)."""
     name = request.param
+    if name in OPTIONAL_SEARCHERS:
+        pytest.importorskip(OPTIONAL_SEARCHERS[name])
     if name in PLUGIN_SEARCHERS:
         fixture, distribution = PLUGIN_SEARCHERS[name]
         monkeypatch.syspath_prepend(str(request.getfixturevalue("installed_plugins")[fixture]))
@@ -129,8 +134,8 @@ def interleaved(make: Callable[..., Searcher], seed: int) -> list[tuple]:
 
 
 def test_builtin_searchers_are_registered() -> None:
-    assert {"grid", "random", "bayes", "hyperband", "bohb", "evolution", "local"} <= set(
-        medtune.available("searcher"))
+    assert {"grid", "random", "bayes", "hyperband", "bohb", "evolution", "local",
+            "optuna"} <= set(medtune.available("searcher"))
 
 
 def test_contract_a_searcher_takes_the_shared_arguments(contract) -> None:
