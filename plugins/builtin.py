@@ -37,8 +37,8 @@ def medtune_searchers() -> Mapping[str, Callable[..., Any]]:
 
 @hookimpl
 def medtune_tasks() -> Mapping[str, Callable[..., Any]]:
-    """The built-in tasks: segmentation, transfer, template, quality, regions, nas and
-    regression."""
+    """The built-in tasks: segmentation, transfer, template, quality, regions, nas,
+    regression and scans."""
     from medtune.plugins.tasks import TASKS
 
     return dict(TASKS)
@@ -75,3 +75,14 @@ def medtune_quality_estimators() -> Mapping[str, Callable[..., Any]]:
     from medtune.plugins.quality import QUALITY_ESTIMATORS
 
     return dict(QUALITY_ESTIMATORS)
+
+
+@hookimpl
+def medtune_commands() -> Mapping[str, Callable[..., Any]]:
+    """The built-in commands: sample and plan of the own-scans workflow (see
+    :mod:`medtune.plugins.scans.commands`), and export-optuna (see
+    :mod:`medtune.plugins.optuna_export`)."""
+    from medtune.plugins.optuna_export import COMMANDS as OPTUNA_COMMANDS
+    from medtune.plugins.scans.commands import COMMANDS
+
+    return {**COMMANDS, **OPTUNA_COMMANDS}

@@ -1,5 +1,6 @@
 """The built-in tasks (plugin kind ``task``, contract :class:`medtune.tasks.Task`), by name."""
 
+from medtune.plugins.scans.task import ScansTask
 from medtune.plugins.tasks.nas import NasTask
 from medtune.plugins.tasks.quality import QualityTask
 from medtune.plugins.tasks.regions import RegionsTask
@@ -9,7 +10,7 @@ from medtune.plugins.tasks.template import TemplateTask
 from medtune.plugins.tasks.transfer import TransferTask
 
 TASKS = {task.name: task for task in (SegmentationTask, TransferTask, TemplateTask, QualityTask, RegionsTask,
-                                      NasTask, RegressionTask)}
+                                      NasTask, RegressionTask, ScansTask)}
 
-__all__ = ["TASKS", "NasTask", "QualityTask", "RegionsTask", "RegressionTask", "SegmentationTask",
-           "TemplateTask", "TransferTask"]
+__all__ = ["TASKS", "NasTask", "QualityTask", "RegionsTask", "RegressionTask", "ScansTask",
+           "SegmentationTask", "TemplateTask", "TransferTask"]

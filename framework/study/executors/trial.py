@@ -254,7 +254,7 @@ def run_trial(objective: Objective, task: TrialTask,
                  f"{task.trial_id}: a trial cannot end the study, so it counts as failed")
     except Exception as exc:  # noqa: BLE001 - every failure of a trial is recorded
         state, trace = TrialState.FAIL, traceback.format_exc()
-        reason = FailureReason.OUT_OF_MEMORY if _is_out_of_memory(exc) else FailureReason.EXCEPTION
+        reason = FailureReason.OUT_OF_MEMORY if is_out_of_memory(exc) else FailureReason.EXCEPTION
     else:
         if not math.isfinite(value):
             state, reason = TrialState.FAIL, FailureReason.NAN
@@ -369,7 +369,9 @@ def _as_number(returned: Any, what: str) -> float:
         ) from None
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says that memory ran out (the rule of the ``out_of_memory`` failure
+    reason above; a task that shrinks its batch on out-of-memory asks it too)."""
     if isinstance(exc, MemoryError):
         return True
     torch = sys.modules.get("torch")  # never import torch just to classify an error
