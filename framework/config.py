@@ -5,6 +5,11 @@ Layout::
     [study]                          # all keys optional except where noted
     name = "search_small_lesions"
     direction = "maximize"           # or "minimize"
+    # objectives = ["dice", "hd95"]  # several objectives: values the objective returns by
+    # directions = ["maximize", "minimize"]  #   name ("value" first, if at all), one direction
+    #                                #   each (instead of direction); results form a Pareto front
+    # constraints = ["params <= 2e6"]  # "name <= number" (>=, <, >) on returned values; trials
+    #                                #   that break one are kept, marked infeasible
     n_trials = 12                    # and/or timeout = seconds
     trial_timeout = 600              # seconds one trial may run, then it fails (reason timeout);
                                      # default: the task's own limit (built-in tasks: none); 0: none
@@ -20,6 +25,10 @@ Layout::
     name = "hyperband"               # any plugin of kind "searcher"; other keys are its options
     R = 9
     eta = 3
+
+    [pruner]                         # optional: stop trials early from their reports
+    name = "asha"                    # any plugin of kind "pruner"; other keys are its options
+    min_resource = 1                 # (it judges in the study's direction)
 
     [objective]
     task = "segmentation"            # a task plugin, or function = "package.module:function"
@@ -67,6 +76,7 @@ from typing import Any
 from medtune.errors import MedtuneError
 from medtune.registry import available
 from medtune.search.replay import Goal, ReplayError
+from medtune.search.objectives import Constraint, Objectives, ObjectivesError
 from medtune.search.searcher import DIRECTIONS, FAILURE_POLICIES
 from medtune.study.artifacts import KEEP_BEST, check_keep_best
 from medtune.study.executors import EXECUTORS
@@ -131,8 +141,13 @@ class StudyConfig:
     table: TableSpec | None = None
     scale: ScaleSpec | None = None
     replay: ReplaySpec | None = None
+    pruner: str | None = None  # a pruner plugin's name; None: no early stopping
+    pruner_options: dict[str, Any] = field(default_factory=dict)
     trial_timeout: float | None = None  # None: the task's own limit; 0: no limit
     keep_best: int = KEEP_BEST  # the best trials that keep their artifacts; 0: every trial
+    #: what the study optimises: named values, their directions, constraints (one "value"
+    #: in ``direction`` by default)
+    objectives: Objectives = field(default_factory=Objectives)
     source: str = ""
     path: Path | None = field(default=None, repr=False)
 
@@ -166,9 +181,9 @@ def _choice(value: str, choices: tuple[str, ...], where: str) -> str:
 #: The keys of the [study] table.
 STUDY_KEYS = frozenset({"name", "direction", "n_trials", "timeout", "seed", "storage", "executor",
                         "n_workers", "address", "on_failure", "penalty", "trial_timeout",
-                        "keep_best"})
+                        "keep_best", "objectives", "directions", "constraints"})
 
-SECTIONS = ("study", "searcher", "objective", "space", "table", "scale", "replay")
+SECTIONS = ("study", "searcher", "pruner", "objective", "space", "table", "scale", "replay")
 
 
 def parse_config(text: str, path: str | Path = "<string>", scale: float | None = None) -> StudyConfig:
@@ -216,7 +231,11 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
     penalty = _expect(study, "penalty", (int, float), w)
     if penalty is not None and not math.isfinite(penalty):
         raise ConfigError(f"{w}.penalty: expected a finite number, got {penalty!r}")
-    if on_failure == "penalize" and penalty is None:
+    objectives = _objectives(study, w)
+    if objectives.multi and penalty is not None:
+        raise ConfigError(f"{w}.penalty: one value cannot penalise several objectives; remove "
+                          "penalty (a failure counts as the worst value told per objective)")
+    if on_failure == "penalize" and penalty is None and not objectives.multi:
         raise ConfigError(f"{w}.penalty: on_failure = \"penalize\" needs a penalty value")
     storage = Path(_expect(study, "storage", str, w, f"studies/{name}.sqlite"))
 
@@ -224,6 +243,7 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
     searcher = _expect(searcher_table, "name", str, f"{where}: searcher", required=True)
     searcher_table.pop("name")
     _refuse_misplaced(searcher_table, "searcher", where)
+    pruner, pruner_options = _pruner(_expect(data, "pruner", dict, where), where)
 
     objective_table = _expect(data, "objective", dict, where, {"task": "segmentation"})
     ow = f"{where}: objective"
@@ -280,7 +300,8 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
     replay_spec = _replay_spec(_expect(data, "replay", dict, where), where)
     return StudyConfig(
         name=name,
-        direction=_choice(_expect(study, "direction", str, w, "maximize"), DIRECTIONS, f"{w}.direction"),
+        direction=objectives.directions[0],
+        objectives=objectives,
         n_trials=n_trials,
         timeout=float(timeout) if timeout is not None else None,
         trial_timeout=float(trial_timeout) if trial_timeout is not None else None,
@@ -300,9 +321,53 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
         table=table_spec,
         scale=scale_spec,
         replay=replay_spec,
+        pruner=pruner,
+        pruner_options=pruner_options,
         source=text,
         path=Path(path) if where != "<string>" else None,
     )
+
+
+def _objectives(study: dict, w: str) -> Objectives:
+    """``objectives``, ``directions`` (or one ``direction``, default ``"maximize"``) and
+    ``constraints`` of the [study] table, checked."""
+    names = _expect(study, "objectives", list, w)
+    directions = _expect(study, "directions", list, w)
+    direction = _expect(study, "direction", str, w)
+    texts = _expect(study, "constraints", list, w, [])
+    if direction is not None:
+        _choice(direction, DIRECTIONS, f"{w}.direction")
+        if directions is not None:
+            raise ConfigError(f"{w}.direction: give direction (one objective) or directions (one "
+                              "per objective), not both; remove direction")
+    if names is not None and (not names or not all(isinstance(n, str) and n for n in names)):
+        raise ConfigError(f"{w}.objectives: expected a non-empty list of names of values the "
+                          f"objective returns, e.g. [\"dice\", \"hd95\"], got {names!r}")
+    if directions is None:
+        if names is not None and len(names) > 1:
+            raise ConfigError(f"{w}.directions: objectives names {len(names)} values; add "
+                              f"directions = [...], one \"minimize\" or \"maximize\" per objective")
+        directions = [direction or "maximize"]
+    elif names is None and len(directions) > 1:
+        raise ConfigError(f"{w}.objectives: directions has {len(directions)} entries; name the "
+                          "values they apply to with objectives = [\"dice\", \"hd95\", ...]")
+    if names is not None and len(names) != len(directions):
+        raise ConfigError(f"{w}.directions: {len(directions)} entries for {len(names)} "
+                          "objectives; give exactly one direction per objective")
+    for entry in directions:
+        if entry not in DIRECTIONS:
+            raise ConfigError(f"{w}.directions: expected \"minimize\" or \"maximize\" for each "
+                              f"objective, got {entry!r}")
+    constraints = []
+    for text in texts:
+        try:
+            constraints.append(Constraint.parse(text))
+        except ObjectivesError as exc:
+            raise ConfigError(f"{w}.constraints: {exc}") from None
+    try:
+        return Objectives(tuple(names or ["value"]), tuple(directions), tuple(constraints))
+    except ObjectivesError as exc:
+        raise ConfigError(f"{w}.objectives: {exc}") from None
 
 
 def _seed(value: int, where: str) -> int:
@@ -311,6 +376,17 @@ def _seed(value: int, where: str) -> int:
     if value < 0:
         raise ConfigError(f"{where}: expected a non-negative integer, got {value}")
     return value
+
+
+def _pruner(table: dict | None, where: str) -> tuple[str | None, dict[str, Any]]:
+    """The ``[pruner]`` table: its plugin's name and options (checked when it is built)."""
+    if table is None:
+        return None, {}
+    options = dict(table)
+    name = _expect(options, "name", str, f"{where}: pruner", required=True)
+    options.pop("name")
+    _refuse_misplaced(options, "pruner", where)  # direction too: it judges in the study's
+    return name, options
 
 
 def _refuse_misplaced(table: dict, section: str, where: str) -> None:

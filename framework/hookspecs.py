@@ -38,6 +38,16 @@ def medtune_searchers() -> Mapping[str, Factory]:
 
 
 @hookspec
+def medtune_pruners() -> Mapping[str, Factory]:
+    """Called once when the registry first needs pruners (kind ``pruner``): for a study's
+    ``[pruner] name``.
+
+    Returns ``{name: factory}``; each factory, called with ``direction`` and the pruner's
+    options as keyword arguments, builds a :class:`medtune.pruners.Pruner`.
+    """
+
+
+@hookspec
 def medtune_tasks() -> Mapping[str, Factory]:
     """Called once when the registry first needs tasks (kind ``task``): to resolve a study's
     ``[objective] task``, in the driver and in every worker that runs its trials.

@@ -28,6 +28,7 @@ ENTRY_POINT_GROUP = "medtune"
 KINDS: dict[str, str] = {
     "loss": "medtune_losses",
     "searcher": "medtune_searchers",
+    "pruner": "medtune_pruners",
     "task": "medtune_tasks",
     "transfer_layer": "medtune_transfer_layers",
     "deformation": "medtune_deformations",

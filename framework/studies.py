@@ -3,6 +3,7 @@ top of the study loop."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +14,26 @@ import medtune
 from medtune.config import ConfigError, StudyConfig, load_config, parse_config
 from medtune.errors import MedtuneError
 from medtune.report import StudyReplay, report_folder, study_replay, write_comparison, write_report
+from medtune.pruners import Pruner
 from medtune.search import Searcher, SearchSpace
 from medtune.study.artifacts import artifact_root, require_absent
-from medtune.study.executors import Executor, ExecutorError, declared_trial_timeout
+from medtune.study.executors import (
+    Executor,
+    ExecutorError,
+    declared_trial_timeout,
+    executor_class,
+)
+from medtune.study.executors.base import refuse_pruning
 from medtune.study.runner import RunOptions, StudySummary, resume_study, run_study
 from medtune.study.store import SCHEMA_VERSION, StudyStore, StudyStoreError, TrialState
-from medtune.tables import format_config, format_number, study_table, verbatim
+from medtune.tables import (
+    format_config,
+    format_number,
+    front_table,
+    study_objectives,
+    study_table,
+    verbatim,
+)
 from medtune.tasks import ConfiguredObjective
 
 
@@ -34,7 +49,7 @@ def _searcher(config: StudyConfig, space: SearchSpace, seed: int) -> Searcher:
     them; the study loop only reports outcomes)."""
     try:
         return medtune.create("searcher", config.searcher, space=space, seed=seed,
-                              direction=config.direction, on_failure=config.on_failure,
+                              objectives=config.objectives, on_failure=config.on_failure,
                               penalty=config.penalty, **config.searcher_options)
     except TypeError as exc:  # an option the searcher's constructor does not take
         raise ConfigError(f"{config.path or '<config>'}: searcher {config.searcher!r}: {exc}; "
@@ -60,6 +75,7 @@ class _Study:
     searcher: Searcher
     objective: ConfiguredObjective
     options: RunOptions
+    pruner: Pruner | None = None
 
 
 def _prepare(config: StudyConfig, seed: int) -> _Study:
@@ -70,7 +86,9 @@ def _prepare(config: StudyConfig, seed: int) -> _Study:
     space = SearchSpace.from_dict(config.space, where=f"{where}: space")
     searcher = _searcher(config, space, seed)
     import_path = _import_path(config)
-    objective = ConfiguredObjective(config.objective, config.settings)
+    objective = ConfiguredObjective(
+        config.objective, config.settings,
+        config.objectives.names if config.objectives.multi else ())
     trial_timeout = config.trial_timeout
     try:
         function = objective.resolve(import_path)
@@ -87,7 +105,33 @@ def _prepare(config: StudyConfig, seed: int) -> _Study:
         )
     except ExecutorError as exc:  # an executor setting or option it refuses
         raise ConfigError(f"{where}: study: {exc}") from None
-    return _Study(space, searcher, objective, options)
+    return _Study(space, searcher, objective, options, _pruner(config, function))
+
+
+def _pruner(config: StudyConfig, function: object) -> Pruner | None:
+    """The study's pruner, built in the study's direction (with several objectives the
+    first's: the direction of the one value an objective reports). Refused before anything is
+    written: an objective that declares it never reports (``reports_intermediate = False``,
+    see :class:`medtune.tasks.Task`), an executor that cannot stop trials, unknown names and
+    bad options."""
+    if config.pruner is None:
+        return None
+    where = f"{config.path or '<config>'}: pruner"
+    if getattr(function, "reports_intermediate", True) is False:
+        raise ConfigError(
+            f"{where}: objective {config.objective!r} never reports intermediate values "
+            "(reports_intermediate = False), so no trial can be stopped early: remove [pruner] "
+            "or use an objective that calls report(step, value)")
+    if not executor_class(config.executor).supports_pruning:
+        raise ConfigError(f"{where}: study.executor: {refuse_pruning(config.executor)}")
+    try:
+        return medtune.create("pruner", config.pruner, direction=config.direction,
+                              **config.pruner_options)
+    except TypeError as exc:  # an option the pruner's constructor does not take
+        raise ConfigError(f"{where}: {config.pruner!r}: {exc}; check the option names of "
+                          "[pruner]") from None
+    except MedtuneError as exc:  # an unknown name, an invalid option value
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _executor(config: StudyConfig, study: _Study) -> Executor:
@@ -148,7 +192,7 @@ def run(config_path: str | Path | None, console: Console, scale: float | None = 
             ) from None
         with store:
             summary = run_study(store, study.searcher, study.objective, study.options,
-                                executor=executor)
+                                executor=executor, pruner=study.pruner)
     _finish(config.storage, summary, console)
     return config.storage
 
@@ -162,7 +206,7 @@ def resume(study_path: str | Path, console: Console) -> Path:
     study = _prepare(config, seed)
     with _executor(config, study) as executor:
         summary = resume_study(study_path, study.searcher, study.objective, study.options,
-                               executor=executor)
+                               executor=executor, pruner=study.pruner)
     _finish(study_path, summary, console)
     return study_path
 
@@ -199,11 +243,14 @@ def status(study_path: str | Path, console: Console) -> None:
         if damaged:
             table.add_row("damaged", str(len(damaged)))
         console.print(table)
+        _print_pruned(trials, console)
         if store.info.schema_version < SCHEMA_VERSION:
             console.print(f"This study file uses schema version {store.info.schema_version}; "
                           f"`medtune resume` upgrades it to {SCHEMA_VERSION}.")
         best = store.best_trial()
-        if best is None:
+        if _print_front(store, trials, console):
+            pass
+        elif best is None:
             console.print("No completed trial yet.")
         else:
             console.print(f"Best: trial {best.id}, value {format_number(best.value)}, "
@@ -213,6 +260,40 @@ def status(study_path: str | Path, console: Console) -> None:
             console.print(f"Artifacts: {len(kept)} trial(s) keep theirs in "
                           f"{verbatim(artifact_root(study_path))}; `medtune export` copies one "
                           "out", highlight=False, soft_wrap=True)
+
+
+def _print_pruned(trials: list, console: Console) -> None:
+    """How many trials each rule stopped and at which steps, and the latest rule in full."""
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    if not pruned:
+        return
+    rules = Counter((t.pruned_by or "").split(":")[0] or "the objective" for t in pruned)
+    steps = sorted(t.pruned_at for t in pruned if t.pruned_at is not None)
+    at = (f", at steps {format_number(steps[0])} to {format_number(steps[-1])}"
+          if steps else "")
+    counts = ", ".join(f"{n} by {verbatim(rule)}" for rule, n in rules.most_common())
+    console.print(f"Pruned: {counts}{at}. Latest: trial {pruned[-1].id}: "
+                  f"{verbatim(pruned[-1].pruned_by or 'stopped by the objective')}",
+                  highlight=False, soft_wrap=True)
+
+
+def _print_front(store: StudyStore, trials: list, console: Console) -> bool:
+    """Print the Pareto front (several objectives) or the best feasible trial and the
+    infeasible ones (constraints); False, printing nothing, for a study with neither."""
+    objectives = study_objectives(store)
+    if not objectives.multi and not objectives.constraints:
+        return False
+    front = front_table(trials, objectives)
+    table = Table(title=verbatim(front.title))
+    for column in front.header:
+        table.add_column(verbatim(column))
+    for row in front.rows:
+        table.add_row(*map(verbatim, row))
+    console.print(table)
+    if front.infeasible:
+        console.print(f"{front.infeasible} completed trial(s) break a constraint: kept, shown "
+                      "as infeasible, never on the front.")
+    return True
 
 
 def report(study_path: str | Path, console: Console, replayed: StudyReplay | None = None) -> Path:
@@ -280,6 +361,7 @@ def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
                     format_number(t.metrics[m]) if isinstance(t.metrics.get(m), (int, float))
                     else "" for m in metrics))
             console.print(table)
+        _print_front(store, store.trials(), console)
         results = study_table(store)
         if results is not None:
             summary_table = Table(title=verbatim(results.title))

@@ -21,6 +21,7 @@ from typing import Any
 from rich.markup import escape
 
 from medtune.config import ConfigError, TableSpec, parse_config
+from medtune.search.objectives import Objectives, ObjectivesError
 from medtune.study.store import StudyStore, Trial, TrialState
 
 
@@ -140,3 +141,62 @@ def _cell(values: list[float | None]) -> Cell:
 
 def _label(value: Any) -> str:
     return "-" if value is None else format_number(value)
+
+
+def study_objectives(store: StudyStore) -> Objectives:
+    """The objectives and constraints of the study's stored configuration; one ``"value"`` in
+    the study's direction for a study created without one (or whose configuration no longer
+    reads)."""
+    if store.config_text.strip():
+        try:
+            return parse_config(store.config_text,
+                                f"{store.path} (stored configuration)").objectives
+        except ConfigError:
+            pass
+    return Objectives(("value",), (store.direction,))
+
+
+@dataclass(frozen=True)
+class FrontTable:
+    """The Pareto front of a study with several objectives or constraints: the feasible
+    non-dominated COMPLETE trials (by the first objective), then the infeasible ones, marked
+    with the constraints they break. ``header``: trial, each objective, feasible, config."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    front: int  # how many rows are on the front
+    infeasible: int  # how many COMPLETE trials are infeasible (all of them, rows or not)
+
+
+def front_table(trials: Iterable[Trial], objectives: Objectives,
+                max_infeasible: int = 8) -> FrontTable:
+    """The :class:`FrontTable` of ``trials`` (only COMPLETE ones count); at most
+    ``max_infeasible`` infeasible trials are listed (the least violating first)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    front = objectives.front(complete)
+    front.sort(key=lambda t: objectives.scores(objectives.vector(
+        objectives.values(t.value, t.metrics)))[0])
+    infeasible = []
+    for trial in complete:
+        try:
+            named = objectives.values(trial.value, trial.metrics)
+        except ObjectivesError:
+            continue
+        if not objectives.feasible(named):
+            infeasible.append((objectives.violation(named), trial, named))
+    infeasible.sort(key=lambda item: (item[0], item[1].id))
+
+    def row(trial: Trial, named: Mapping[str, float], feasible: str) -> tuple[str, ...]:
+        return (str(trial.id), *(format_number(named[n]) for n in objectives.names), feasible,
+                format_config(trial.config))
+
+    rows = [row(t, objectives.values(t.value, t.metrics), "yes") for t in front]
+    for _, trial, named in infeasible[:max_infeasible]:
+        rows.append(row(trial, named, "no: " + ", ".join(
+            f"{c.name} = {format_number(named[c.name])}, not {c.operator} {c.bound:g}"
+            for c in objectives.constraints if not c.satisfied(named[c.name]))))
+    title = (f"Pareto front ({objectives.description}): {len(front)} trial(s)"
+             if objectives.multi else f"best feasible trial ({objectives.description})")
+    return FrontTable(title, ("trial", *objectives.names, "feasible", "configuration"),
+                      tuple(rows), len(front), len(infeasible))

@@ -36,6 +36,14 @@ def medtune_searchers() -> Mapping[str, Callable[..., Any]]:
 
 
 @hookimpl
+def medtune_pruners() -> Mapping[str, Callable[..., Any]]:
+    """The built-in pruners: median, percentile, patience, asha and wilcoxon."""
+    from medtune.plugins.pruners import PRUNERS
+
+    return dict(PRUNERS)
+
+
+@hookimpl
 def medtune_tasks() -> Mapping[str, Callable[..., Any]]:
     """The built-in tasks: segmentation, transfer, template, quality, regions, nas,
     regression and scans."""

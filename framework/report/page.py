@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from medtune.report.model import plot_model
+from medtune.report.pareto import pareto_section
 from medtune.report.plots import plot_study
 from medtune.report.replay import StudyReplay, plot_replay, replay_html, study_replay
 from medtune.report.source import finished_trials, stored_config
@@ -46,6 +47,7 @@ def write_report(study_path: str | Path, folder: str | Path | None = None,
         metrics_section = _figures_html("Metrics", _task_figures(store, trials, folder))
         results = study_table(store)
         results_section = _results_html(results) if results is not None else ""
+        results_section = pareto_section(store, trials, folder) + results_section
         if replayed is None:
             replayed = study_replay(store, folder)
         if replayed is not None:

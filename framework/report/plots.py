@@ -166,7 +166,7 @@ def learning_curves_figure(trials: Sequence[Trial], space: SearchSpace | None = 
     """The value each trial reported per epoch or resource level (a matplotlib figure, None
     when no trial reported any). Curves are coloured by a parameter (see :func:`_colour_key`,
     with a legend) or else by trial (with a colour bar); a trial that reported one value is a
-    marker; failed trials are dotted."""
+    marker; failed trials are dotted; a cross marks where a pruned trial was stopped."""
     curves = [t for t in trials if t.intermediate]
     if not curves:
         return None
@@ -188,7 +188,14 @@ def learning_curves_figure(trials: Sequence[Trial], space: SearchSpace | None = 
         ax.plot(steps, [trial.intermediate[s] for s in steps], color=colour, alpha=0.7, lw=1,
                 ls=":" if trial.state == TrialState.FAIL else "-",
                 marker="o" if len(steps) == 1 else None, ms=4)
+        stop = trial.pruned_at
+        if stop is not None and stop in trial.intermediate:
+            ax.plot([stop], [trial.intermediate[stop]], color=colour, marker="x", ms=7, mew=1.5,
+                    ls="none")
     failed = any(t.state == TrialState.FAIL for t in curves)
+    pruned = any(t.pruned_at is not None for t in curves)
+    stopped = [Line2D([], [], color="0.3", marker="x", ls="none", label="pruned here")] \
+        if pruned else []
     if key is not None:
         handles = [Line2D([], [], color=colours[value], marker="o", ms=4,
                           label=f"{name} = {short_label(value)}") for value in values]
@@ -196,16 +203,16 @@ def learning_curves_figure(trials: Sequence[Trial], space: SearchSpace | None = 
             handles.append(Line2D([], [], color="0.5", label=f"{name} not set"))
         if failed:
             handles.append(Line2D([], [], color="0.3", ls=":", label="failed trial"))
-        ax.legend(handles=handles, fontsize=8, loc="best")
+        ax.legend(handles=handles + stopped, fontsize=8, loc="best")
     else:
         from matplotlib.cm import ScalarMappable
         from matplotlib.colors import Normalize
 
         mappable = ScalarMappable(Normalize(1, max(len(curves), 2)), plt.get_cmap("viridis"))
         fig.colorbar(mappable, ax=ax, label="trial (in completion order)")
-        if failed:
-            ax.legend(handles=[Line2D([], [], color="0.3", ls=":", label="failed trial")],
-                      fontsize=8, loc="best")
+        if failed or pruned:
+            ax.legend(handles=[Line2D([], [], color="0.3", ls=":", label="failed trial")]
+                      * failed + stopped, fontsize=8, loc="best")
     ax.set_xlabel("epoch / resource")
     ax.set_ylabel("reported value")
     ax.set_title(f"learning curves reported by {len(curves)} trials"

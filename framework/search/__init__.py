@@ -6,6 +6,8 @@
 - :mod:`medtune.search.space`: :class:`SearchSpace` and its parameters (float, int, ordinal,
   categorical, conditional; defined in :mod:`medtune.search.parameters`), declared in Python
   or in the TOML config;
+- :mod:`medtune.search.objectives`: a study's objectives and constraints
+  (:class:`~medtune.search.objectives.Objectives`), Pareto fronts and hypervolume;
 - :mod:`medtune.search.theory`: the odds of random search (Bertrand2019, eq. 2.20-2.22,
   table 2.2);
 - :mod:`medtune.search.replay`: many seeded runs of a searcher over a tabulated objective

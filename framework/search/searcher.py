@@ -19,6 +19,14 @@ searcher minimises a *score*: the value, negated for ``"maximize"``) and its fai
 default the worst score told so far; Bertrand2019, sec. 2.6.3, and docs/search.md weigh the
 two); the study runner and the replays only report outcomes.
 
+Several objectives and constraints (:class:`medtune.search.objectives.Objectives`, the
+``objectives`` option): a searcher that declares :attr:`Searcher.multi_objective` is told a
+sequence of values, one per objective, and scores them as a vector (each negated for
+``"maximize"``); one that does not refuses a study with several objectives. With
+constraints, ``tell`` also gets the constrained values (``constraint_values``), which
+:meth:`Searcher._observe_constraints` hands to searchers that model them; the best result
+(:attr:`Searcher.best`) is then the best feasible one.
+
 Reproducibility: a searcher's suggestions are a deterministic function of its seed and of the
 sequence of calls it received (asks, and tells with their values), so a resumed study that
 replays the same asks and tells, in the same order, gets the same suggestions back.
@@ -29,7 +37,7 @@ from __future__ import annotations
 import abc
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from numbers import Real
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -37,10 +45,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medtune.errors import MedtuneError
+from medtune.search.objectives import DIRECTIONS, Objectives
 from medtune.search.space import SearchSpace
 
-#: What a study does with its objective's values.
-DIRECTIONS = ("minimize", "maximize")
 #: What a searcher makes of a failed trial (see the module docstring).
 FAILURE_POLICIES = ("exclude", "penalize")
 
@@ -97,7 +104,9 @@ class Searcher(abc.ABC):
     Args:
         space: the search space (a :class:`SearchSpace` or its TOML table).
         seed: seed of the searcher's random generator (:attr:`rng`).
-        direction: ``"minimize"`` or ``"maximize"`` the told values.
+        direction: ``"minimize"`` (default) or ``"maximize"`` the told values; with
+            ``objectives``, the first objective's direction (None: take it from there).
+        objectives: the study's objectives and constraints (None: one value, no constraint).
         on_failure: ``"exclude"`` or ``"penalize"`` failed trials (see the module docstring).
         penalty: the value a failed trial counts as under ``"penalize"``; None for the worst
             value told so far (or a score worse than any, before the first result).
@@ -108,13 +117,16 @@ class Searcher(abc.ABC):
     """
 
     name: ClassVar[str] = "searcher"
+    #: True for a searcher that optimises several objectives at once (told value vectors).
+    multi_objective: ClassVar[bool] = False
 
     def __init__(
         self,
         space: SearchSpace | Mapping[str, Any],
         *,
         seed: int = 0,
-        direction: str = "minimize",
+        direction: str | None = None,
+        objectives: Objectives | None = None,
         on_failure: str = "exclude",
         penalty: float | None = None,
         max_trials: int | None = None,
@@ -125,6 +137,25 @@ class Searcher(abc.ABC):
             raise SearcherError(
                 f"{self.name}: space must be a SearchSpace or its TOML table, got {space!r}"
             )
+        if objectives is not None:
+            if not isinstance(objectives, Objectives):
+                raise SearcherError(f"{self.name}: objectives must be a medtune.search."
+                                    f"objectives.Objectives or None, got {objectives!r}")
+            if direction is not None and direction != objectives.directions[0]:
+                raise SearcherError(
+                    f"{self.name}: direction {direction!r} disagrees with the first objective's "
+                    f"({objectives.directions[0]!r}); leave direction out")
+            direction = objectives.directions[0]
+            if objectives.multi and not self.multi_objective:
+                raise SearcherError(
+                    f"{self.name}: optimises one objective, but the study has "
+                    f"{len(objectives.names)} ({', '.join(objectives.names)}); use a searcher "
+                    f"that handles several: {', '.join(MULTI_OBJECTIVE_SEARCHERS)}")
+            if objectives.multi and penalty is not None:
+                raise SearcherError(
+                    f"{self.name}: penalty is one value, but the study has several objectives; "
+                    "leave penalty out (a failure counts as the worst value told per objective)")
+        direction = "minimize" if direction is None else direction
         if direction not in DIRECTIONS:
             raise SearcherError(f"{self.name}: direction must be {_either(DIRECTIONS)}, got "
                                 f"{direction!r}")
@@ -149,13 +180,15 @@ class Searcher(abc.ABC):
         self.space = space
         self.seed = int(seed)
         self.direction = direction
+        self.objectives = objectives if objectives is not None else Objectives(
+            ("value",), (direction,))
         self.on_failure = on_failure
         self.penalty = None if penalty is None else float(penalty)
         self.max_trials = None if max_trials is None else int(max_trials)
         self.rng = np.random.default_rng(self.seed)
         self._next_id = 0
         self._pending: dict[int, Suggestion] = {}
-        self._worst_score: float | None = None
+        self._worst_score: Any = None  # a float, or a tuple with several objectives
         self._best: tuple[float, dict[str, Any]] | None = None
 
     # -- the interface ---------------------------------------------------------------------
@@ -174,11 +207,14 @@ class Searcher(abc.ABC):
         self._pending[suggestion.id] = suggestion
         return suggestion
 
-    def tell(self, suggestion: Suggestion, value: float | None, failed: bool = False) -> None:
+    def tell(self, suggestion: Suggestion, value: float | Sequence[float] | None,
+             failed: bool = False, constraint_values: Sequence[float] | None = None) -> None:
         """Report the outcome of ``suggestion`` (any order among pending suggestions).
 
-        ``value`` is the objective's, in the searcher's direction; None or NaN, or
-        ``failed=True``, marks a failed trial, handled by the ``on_failure`` policy.
+        ``value`` is the objective's, in the searcher's direction (with several objectives,
+        one value per objective, in order); None or NaN, or ``failed=True``, marks a failed
+        trial, handled by the ``on_failure`` policy. ``constraint_values``: the values the
+        study's constraints bound, in their order (None when it has none, or for a failure).
         """
         asked = self._pending.get(getattr(suggestion, "id", None))  # type: ignore[arg-type]
         if asked is None:
@@ -193,23 +229,43 @@ class Searcher(abc.ABC):
                 f"and resource {asked.resource!r}, but told with {suggestion.config!r} and "
                 f"{suggestion.resource!r}"
             )
+        multi = self.objectives.multi
         if value is not None and not failed:
             try:
-                value = float(value)
+                value = (tuple(float(v) for v in value)  # type: ignore[union-attr]
+                         if multi else float(value))  # type: ignore[arg-type]
+                if multi and len(value) != len(self.objectives.names):  # type: ignore[arg-type]
+                    raise ValueError
             except (TypeError, ValueError):
                 raise SearcherError(
-                    f"{self.name}: the value of suggestion {asked.id} must be a number or "
-                    f"None, got {value!r}"
+                    f"{self.name}: the value of suggestion {asked.id} must be "
+                    + (f"{len(self.objectives.names)} numbers (one per objective)" if multi
+                       else "a number") + f" or None, got {value!r}"
                 ) from None
         del self._pending[asked.id]
-        failed = failed or value is None or math.isnan(value)
+        failed = failed or value is None or any(
+            math.isnan(v) for v in (value if multi else (value,)))  # type: ignore[union-attr]
         if failed:
             score = self._failure_score()
         else:
             score = self._as_score(value)  # type: ignore[arg-type]
-            if self._worst_score is None or score > self._worst_score:
-                self._worst_score = score
-            if self._counts_for_best(asked) and (self._best is None or score < self._best[0]):
+            self._worst_score = score if self._worst_score is None else (
+                tuple(map(max, score, self._worst_score)) if multi
+                else max(score, self._worst_score))
+            constraints = self.objectives.constraints
+            if constraints:
+                values = tuple(float(v) for v in (constraint_values or ()))
+                if len(values) != len(constraints):
+                    raise SearcherError(
+                        f"{self.name}: suggestion {asked.id} needs constraint_values, one per "
+                        f"constraint ({', '.join(c.text for c in constraints)}), got "
+                        f"{constraint_values!r}")
+                feasible = all(c.satisfied(v) for c, v in zip(constraints, values))
+                self._observe_constraints(asked, values)
+            else:
+                feasible = True
+            if (not multi and feasible and self._counts_for_best(asked)
+                    and (self._best is None or score < self._best[0])):
                 self._best = (score, dict(asked.config))
         self._observe(asked, score, failed)
 
@@ -244,8 +300,8 @@ class Searcher(abc.ABC):
 
     @property
     def best(self) -> tuple[dict[str, Any], float] | None:
-        """``(config, value)`` of the best full-budget result told so far (failures never
-        count), or None."""
+        """``(config, value)`` of the best full-budget feasible result told so far (failures
+        never count), or None; None with several objectives (they have a front instead)."""
         if self._best is None:
             return None
         score, config = self._best
@@ -253,28 +309,35 @@ class Searcher(abc.ABC):
 
     @property
     def shared_options(self) -> dict[str, Any]:
-        """``seed``, ``direction``, ``on_failure`` and ``penalty``: what a searcher this one
-        delegates proposals to (Hyperband's proposer) is built with, so that it scores
-        results and failures the same way."""
-        return {"seed": self.seed, "direction": self.direction, "on_failure": self.on_failure,
-                "penalty": self.penalty}
+        """``seed``, ``direction``, ``objectives``, ``on_failure`` and ``penalty``: what a
+        searcher this one delegates proposals to (Hyperband's proposer) is built with, so
+        that it scores results and failures the same way."""
+        return {"seed": self.seed, "direction": self.direction, "objectives": self.objectives,
+                "on_failure": self.on_failure, "penalty": self.penalty}
 
     # -- helpers for subclasses --------------------------------------------------------------
-    def _as_score(self, value: float) -> float:
-        """A told value as a score (lower is better)."""
+    def _as_score(self, value: Any) -> Any:
+        """A told value as a score (lower is better); a tuple of scores with several
+        objectives."""
+        if self.objectives.multi:
+            return self.objectives.scores(value)
         return to_score(value, self.direction)
 
-    def _as_value(self, score: float) -> float:
-        """A score back as a value in the searcher's direction."""
-        return to_score(score, self.direction)
+    def _as_value(self, score: Any) -> Any:
+        """A score back as a value in the searcher's direction (the negation is its own
+        inverse)."""
+        return self._as_score(score)
 
-    def _failure_score(self) -> float | None:
-        """The score a failed trial counts as: None under "exclude"."""
+    def _failure_score(self) -> Any:
+        """The score a failed trial counts as: None under "exclude"; with several
+        objectives, the worst told per objective."""
         if self.on_failure == "exclude":
             return None
         if self.penalty is not None:
             return self._as_score(self.penalty)
-        return math.inf if self._worst_score is None else self._worst_score
+        if self._worst_score is None:
+            return (math.inf,) * len(self.objectives.names) if self.objectives.multi else math.inf
+        return self._worst_score
 
     def _counts_for_best(self, suggestion: Suggestion) -> bool:
         return suggestion.resource is None
@@ -284,9 +347,14 @@ class Searcher(abc.ABC):
     def _propose(self) -> Proposal | None:
         """The next proposal, or None when the searcher must wait for results."""
 
-    def _observe(self, suggestion: Suggestion, score: float | None, failed: bool) -> None:
+    def _observe(self, suggestion: Suggestion, score: Any, failed: bool) -> None:
         """A result: ``score`` (lower is better; the penalty for a failure under "penalize")
-        or None for a failure under "exclude"; ``failed`` says whether the trial failed."""
+        or None for a failure under "exclude"; ``failed`` says whether the trial failed. With
+        several objectives ``score`` is a tuple, one score per objective."""
+
+    def _observe_constraints(self, suggestion: Suggestion, values: tuple[float, ...]) -> None:
+        """The constrained values of a result that did not fail (called just before
+        :meth:`_observe`; see ``self.objectives.constraints``); ignored by default."""
 
     def _exhausted(self) -> bool:
         """True when the searcher has nothing left to propose (besides max_trials)."""
@@ -297,6 +365,9 @@ class Searcher(abc.ABC):
         max_trials); None by default."""
         return None
 
+
+#: The built-in searchers that optimise several objectives (named in refusals).
+MULTI_OBJECTIVE_SEARCHERS = ("random", "grid", "evolution", "bayes", "optuna")
 
 #: The names of the arguments every searcher takes (the keyword arguments of
 #: :class:`Searcher`).

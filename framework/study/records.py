@@ -44,6 +44,9 @@ class FailureReason(str, Enum):
 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
+#: The metric that records the step a PRUNED trial was stopped at.
+PRUNED_AT_STEP = "pruned_at_step"
+
 @dataclass(frozen=True)
 class Trial:
     """One row of the ``trials`` table, with its intermediate values."""
@@ -73,6 +76,22 @@ class Trial:
     #: the folder of the files it kept, relative to the study file's folder (see
     #: :mod:`medtune.study.artifacts`); None when it keeps none
     artifact: str | None = None
+
+    @property
+    def pruned_at(self) -> float | None:
+        """The step a PRUNED trial was stopped at (its metric ``pruned_at_step``, else its last
+        report); None for other trials and one stopped before any report."""
+        if self.state is not TrialState.PRUNED:
+            return None
+        step = self.metrics.get(PRUNED_AT_STEP)
+        if isinstance(step, (int, float)):
+            return float(step)
+        return max(self.intermediate) if self.intermediate else None
+
+    @property
+    def pruned_by(self) -> str | None:
+        """The rule that stopped a PRUNED trial (kept as its ``traceback``); None otherwise."""
+        return self.traceback if self.state is TrialState.PRUNED else None
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,14 @@ folders of trials that were in flight (see :mod:`medtune.study.artifacts`).
 
 The searcher hears each outcome as it is (:func:`outcome`: the objective's value, or a
 failure); its direction and failure policy decide what that counts as
-(:class:`medtune.search.Searcher`), so it must be built with the study's direction.
+(:class:`medtune.search.Searcher`), so it must be built with the study's direction. With
+several objectives or constraints (the searcher's ``objectives``), :func:`tell_outcome` reads
+the named values from the trial's metrics; a COMPLETE result lacking one is recorded FAIL with
+a message naming it.
+
+With a pruner (:mod:`medtune.pruners`), the driver answers each report of a running trial
+(:class:`medtune.study.pruning.PruningJudge`); a trial it stops is recorded PRUNED with the step
+(metric ``pruned_at_step``) and the rule that stopped it (as its ``traceback``).
 
 Resuming relies on searchers being deterministic given their seed and the order of their
 ``ask``/``tell`` calls: the searcher is rebuilt from the study's seed, the stored proposals and
@@ -33,6 +40,7 @@ checked against the stored one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -58,7 +66,9 @@ from rich.progress import (
 )
 
 from medtune.errors import MedtuneError
+from medtune.search.objectives import ObjectivesError
 from medtune.search.searcher import Searcher, Suggestion, to_score
+from medtune.pruners import Pruner
 from medtune.study import artifacts
 from medtune.study.executors import (
     Executor,
@@ -68,7 +78,8 @@ from medtune.study.executors import (
     check_executor,
     make_executor,
 )
-from medtune.study.store import StudyStore, Trial, TrialState, driver_lock
+from medtune.study.pruning import PruningJudge
+from medtune.study.store import FailureReason, StudyStore, Trial, TrialState, driver_lock
 
 #: How long the driver waits for a result before refreshing the progress bar (seconds).
 _POLL_INTERVAL = 1.0
@@ -187,6 +198,27 @@ def outcome(state: TrialState, value: float | None) -> tuple[float | None, bool]
     return value, False
 
 
+def tell_outcome(searcher: Searcher, suggestion: Suggestion, state: TrialState,
+                 value: float | None, metrics: Mapping[str, Any]) -> tuple[float | None, bool]:
+    """Tell ``searcher`` a finished trial's :func:`outcome`, read through the study's
+    objectives (``searcher.objectives``): with several objectives the values by name, in
+    order, and with constraints the constrained values; a trial lacking one (a PRUNED trial
+    has no metrics) is a failure. The same in a run and in a replay; returns the outcome."""
+    told, failed = outcome(state, value)
+    objectives = searcher.objectives
+    if not failed and (objectives.multi or objectives.constraints):
+        try:
+            named = objectives.values(value, metrics)
+        except ObjectivesError:
+            told, failed = None, True
+        else:
+            searcher.tell(suggestion, objectives.vector(named) if objectives.multi else told,
+                          constraint_values=objectives.constraint_values(named))
+            return told, failed
+    searcher.tell(suggestion, told, failed=failed)
+    return told, failed
+
+
 def run_study(
     store: StudyStore,
     searcher: Searcher,
@@ -194,6 +226,7 @@ def run_study(
     options: RunOptions = RunOptions(),
     *,
     executor: Executor | None = None,
+    pruner: Pruner | None = None,
 ) -> StudySummary:
     """Run a new study until ``options.n_trials`` trials have finished, ``options.timeout``
     seconds have passed, or the searcher has nothing more to propose.
@@ -208,6 +241,8 @@ def run_study(
         executor: the executor ``options.make_executor(objective)`` built, when it must exist
             before the study does (a Ray executor connects when built); None to build it
             here. The run closes it.
+        pruner: stops trials early from their reports (a :class:`medtune.pruners.Pruner`
+            built with the study's direction); None: every trial runs to its end.
 
     Raises :class:`StudyRunError` for a study that has trials or a searcher that does not fit
     it, :class:`~medtune.study.artifacts.ArtifactError` when its artifact folder holds an
@@ -223,7 +258,7 @@ def run_study(
             )
         _check_searcher(searcher, store)
         artifacts.require_absent(store.path)
-        return _Driver(store, searcher, objective, options, executor).run(deque())
+        return _Driver(store, searcher, objective, options, executor, pruner).run(deque())
 
 
 def resume_study(
@@ -233,6 +268,7 @@ def resume_study(
     options: RunOptions = RunOptions(),
     *,
     executor: Executor | None = None,
+    pruner: Pruner | None = None,
 ) -> StudySummary:
     """Continue the study at ``path`` after its driver stopped, was interrupted or was killed.
 
@@ -265,7 +301,7 @@ def resume_study(
             logger.info("%s: removed the artifact folders of trials that were in flight: %s",
                         store.path, ", ".join(folder.name for folder in removed))
         pending = replay(store, searcher)
-        return _Driver(store, searcher, objective, options, executor).run(pending)
+        return _Driver(store, searcher, objective, options, executor, pruner).run(pending)
 
 
 def _check_searcher(searcher: Any, store: StudyStore) -> None:
@@ -314,8 +350,7 @@ def replay(store: StudyStore, searcher: Searcher) -> deque[tuple[Suggestion, int
                 f"{trial.suggestion_id}, which no earlier trial proposed; the study file is "
                 "inconsistent"
             )
-        value, failed = outcome(trial.state, trial.value)
-        searcher.tell(suggestion, value, failed=failed)
+        tell_outcome(searcher, suggestion, trial.state, trial.value, trial.metrics)
         told.add(trial.suggestion_id)
         position += 1
 
@@ -349,7 +384,7 @@ class _Driver:
     """One run of the study loop (shared by :func:`run_study` and :func:`resume_study`)."""
 
     def __init__(self, store: StudyStore, searcher: Searcher, objective: str | Objective,
-                 options: RunOptions, executor: Executor | None):
+                 options: RunOptions, executor: Executor | None, pruner: Pruner | None = None):
         if executor is not None and (executor.name != options.executor
                                      or executor.capacity != options.n_workers):
             raise ValueError(
@@ -367,6 +402,7 @@ class _Driver:
         self.best = best.value if best else None
         self.finished = store.count()
         self.failed = store.count([TrialState.FAIL])
+        self.pruning = None if pruner is None else PruningJudge(store, pruner)
 
     def run(self, pending: deque[tuple[Suggestion, int]]) -> StudySummary:
         started = time.monotonic()
@@ -377,6 +413,8 @@ class _Driver:
         try:
             if executor is None:
                 executor = self.options.make_executor(self.objective)
+            if self.pruning is not None:
+                executor.enable_pruning(self.pruning)
             with self._progress_bar() as bar:
                 task = bar.add_task(
                     f"study {self.store.name}", total=self._total(), completed=self.finished,
@@ -469,7 +507,17 @@ class _Driver:
                                       str(self.artifact_root)))
 
     def _record(self, result: TrialResult, suggestion: Suggestion) -> None:
-        """Commit one result to the store, then tell the searcher its outcome."""
+        """Commit one result to the store, then tell the searcher its outcome. A COMPLETE
+        result lacking a value the study's objectives or constraints name is recorded FAIL,
+        its message naming the value."""
+        if result.state is TrialState.COMPLETE and self.searcher.objectives.required != ("value",):
+            try:
+                self.searcher.objectives.values(result.value, result.execution.metrics)
+            except ObjectivesError as exc:
+                result = dataclasses.replace(
+                    result, state=TrialState.FAIL, value=None, kept_artifacts=False,
+                    failure_reason=FailureReason.EXCEPTION,
+                    traceback=f"trial {result.trial_id}: {exc}")
         value, failed = outcome(result.state, result.value)
         run = result.execution
         told = {"told_value": value, "told_failed": failed}
@@ -486,7 +534,8 @@ class _Driver:
                                      < to_score(self.best, direction)):
                 self.best = result.value
         elif result.state is TrialState.PRUNED:
-            self.store.prune_trial(result.trial_id, result.value, run, **told)
+            self.store.prune_trial(result.trial_id, result.value, run, **told,
+                                   reason=result.traceback)
         else:
             assert result.failure_reason is not None
             self.store.fail_trial(result.trial_id, result.failure_reason, result.traceback,
@@ -496,7 +545,10 @@ class _Driver:
             logger.warning("trial %d failed (%s): %s", result.trial_id,
                            result.failure_reason.value, first_line[0])
         self.finished += 1
-        self.searcher.tell(suggestion, value, failed=failed)
+        if self.pruning is not None:
+            self.pruning.finished(result)
+        tell_outcome(self.searcher, suggestion, result.state, result.value,
+                     result.execution.metrics)
 
     def _kept_artifact(self, result: TrialResult) -> str | None:
         """The artifact folder of a COMPLETE trial as the store records it, if it kept one

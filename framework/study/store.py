@@ -213,12 +213,16 @@ class StudyStore(StudyFile):
         *,
         told_value: float | None = None,
         told_failed: bool | None = None,
+        reason: str | None = None,
     ) -> Trial:
-        """Mark a RUNNING trial PRUNED (stopped early), with its last value if it had one.
+        """Mark a RUNNING trial PRUNED (stopped early), with its last value if it had one and
+        ``reason``, the rule that stopped it (kept as its ``traceback``: why it did not
+        complete); the step it was stopped at is the metric ``pruned_at_step`` of
+        ``execution``.
 
         The other arguments are as in :meth:`complete_trial`.
         """
-        return self._finish(trial_id, TrialState.PRUNED, value, None, None, execution,
+        return self._finish(trial_id, TrialState.PRUNED, value, None, reason, execution,
                             told_value, told_failed)
 
     def fail_trial(

@@ -15,10 +15,16 @@ class ConfiguredObjective:
     ``reference`` is a task's name (no ``:``), built through the registry where the trial runs
     (workers find the task through their own installed plugins), or a ``"module:function"``
     imported there.
+
+    ``objectives``: the names of a study's several objectives (``[study] objectives``); the
+    trial's value is then the first one's, taken from the mapping the objective returns
+    (which needs no ``"value"`` key), so a study's best-trial code reads it as usual. A name
+    missing from the mapping fails the trial with a message naming it.
     """
 
     reference: str
     settings: Mapping[str, Any] = field(default_factory=dict)
+    objectives: tuple[str, ...] = ()
 
     @property
     def task(self) -> str | None:
@@ -45,4 +51,13 @@ class ConfiguredObjective:
 
     def __call__(self, config: Mapping[str, Any], resource: float | None, seed: int,
                  report: Callable[[float, float], None] | None = None) -> float | Mapping[str, float]:
-        return self.resolve()({**self.settings, **config}, resource, seed, report)
+        returned = self.resolve()({**self.settings, **config}, resource, seed, report)
+        if len(self.objectives) < 2 or not isinstance(returned, Mapping):
+            return returned
+        missing = [name for name in self.objectives if name not in returned]
+        if missing:
+            raise ValueError(
+                f"the objective returned no {', '.join(map(repr, missing))} (it returned: "
+                f"{', '.join(map(str, returned)) or 'nothing'}); [study] objectives names "
+                "values the objective must return in its mapping")
+        return {**returned, "value": returned[self.objectives[0]]}

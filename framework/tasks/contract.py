@@ -128,6 +128,10 @@ class Task:
     settings: ClassVar[Mapping[str, Any]] = {}
     #: seconds one trial may run unless the study sets its own ``trial_timeout`` (None: no limit)
     trial_timeout: ClassVar[float | None] = None
+    #: whether :meth:`train` calls ``report(step, value)`` as it trains; a study with a
+    #: ``[pruner]`` refuses a task that declares it never does (a plain objective function
+    #: may declare it the same way, as an attribute)
+    reports_intermediate: ClassVar[bool] = True
     #: the results table of a study without a ``[table]``, as a configuration's ``[table]``
     #: (``rows``, ``columns``, optional ``title``); used when every row is a searched parameter
     table: ClassVar[Mapping[str, Any] | None] = None

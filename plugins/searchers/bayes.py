@@ -41,6 +41,21 @@ Every model-based suggestion carries ``tag["model"]``: the prediction made when 
 maximises - observation noise included), the ``acquisition`` value, the number of
 observations and the relevance (inverse length-scale, the largest of a category's columns) of
 each parameter. Reports plot them against the observed values.
+
+Several objectives: ParEGO (Knowles 2006). Before each model-based suggestion a weight vector
+λ is drawn uniformly from the simplex (seeded by the searcher's generator; Knowles draws from
+a fixed lattice of weights), each objective's scores are normalised to [0, 1] over the
+observations, and the GP models their augmented Chebyshev scalarisation
+``max_j λ_j f_j + 0.05 Σ_j λ_j f_j``; the rest is the single-objective machinery (the
+outputs change at every suggestion, so the factor is rebuilt each time; hyper-parameters keep
+their refit schedule). ``tag["model"]["weights"]`` records λ.
+
+Constraints (Gardner et al. 2014; Gelbart et al. 2014): one GP per constraint models its
+slack (how far inside the bound a result is) over every result that returned it, feasible or
+not; EI or PI is multiplied by the probability of feasibility ``Π_k Φ(μ_k / σ_k)`` and
+measures improvement from the best *feasible* result; until there is one, the acquisition is
+the probability of feasibility alone. UCB has no such weighting and is refused with
+constraints.
 """
 
 from __future__ import annotations
@@ -71,6 +86,8 @@ from medtune.search.space import (
 )
 
 ACQUISITIONS = ("ei", "pi", "ucb")
+#: ParEGO's augmentation weight (Knowles 2006).
+PAREGO_RHO = 0.05
 PARALLEL = ("liar", "believer", "sample")
 LIARS = ("worst", "mean", "best")
 
@@ -110,6 +127,7 @@ class BayesSearcher(Searcher):
     """
 
     name = "bayes"
+    multi_objective = True
 
     def __init__(
         self,
@@ -156,6 +174,19 @@ class BayesSearcher(Searcher):
         self.refine_starts = _positive_int("refine_starts", refine_starts, 0)
         self.refine_steps = _positive_int("refine_steps", refine_steps, 0)
         finite_limit = _positive_int("finite_limit", finite_limit, 0)
+        constraints = self.objectives.constraints
+        if constraints and self.acquisition == "ucb":
+            raise SearcherError("bayes: constraints weight EI or PI by the probability of "
+                                "feasibility; use acquisition = \"ei\" or \"pi\"")
+        self._vectors: list[tuple[float, ...]] = []  # ParEGO: the observations' score vectors
+        self._weights: np.ndarray | None = None  # ParEGO: the last scalarisation's λ
+        self._feasible: list[bool] = []  # per observation, when the study has constraints
+        self._constraint_told: dict[int, tuple[float, ...]] = {}
+        self._constraint_x: list[torch.Tensor] = []
+        self._slacks: list[tuple[float, ...]] = []
+        self._constraint_gps = [GaussianProcess(self.encoder.dim, self.kernel)
+                                for _ in constraints]
+        self._constraints_fitted_at = 0
 
         self.gp = GaussianProcess(self.encoder.dim, self.kernel)
         self._sampler = UniqueSampler(self.space, self.rng)  # marks every configuration tried
@@ -188,6 +219,9 @@ class BayesSearcher(Searcher):
         configuration counts as tried and its value (in the searcher's direction) is modelled
         and counts towards ``n_initial``. All are checked before any is used. The model is
         refit at the next suggestion."""
+        if self.objectives.multi:
+            raise SearcherError("bayes: warm_start takes one value per configuration; it is "
+                                "not available with several objectives")
         if len(configs) != len(values):
             raise SearcherError(f"bayes: warm_start got {len(configs)} configurations and "
                                 f"{len(values)} values")
@@ -222,13 +256,27 @@ class BayesSearcher(Searcher):
         if self._untried is not None:
             self._untried[self._table_index[key]] = False
 
-    def _observe(self, suggestion: Suggestion, score: float | None, failed: bool) -> None:
+    def _observe_constraints(self, suggestion: Suggestion, values: tuple[float, ...]) -> None:
+        self._constraint_told[suggestion.id] = values
+
+    def _observe(self, suggestion: Suggestion, score: Any, failed: bool) -> None:
         self._pending_x.pop(suggestion.id, None)
-        if score is None or not math.isfinite(score):
+        constraints = self.objectives.constraints
+        values = self._constraint_told.pop(suggestion.id, None)
+        if values is not None:
+            self._constraint_x.append(self.encoder.encode([suggestion.config]))
+            self._slacks.append(tuple(c.slack(v) for c, v in zip(constraints, values)))
+        scores = score if isinstance(score, tuple) else (score,)
+        if score is None or not all(math.isfinite(s) for s in scores):
             return  # excluded (or a penalty of inf before any result): never modelled
+        if isinstance(score, tuple):
+            self._vectors.append(score)
+            score = 0.0  # scalarised afresh before each model-based suggestion
         self._configs.append(dict(suggestion.config))
         self._inputs.append(self._model_input(suggestion.config, suggestion.resource))
         self._scores.append(score)
+        self._feasible.append(values is not None and all(
+            c.satisfied(v) for c, v in zip(constraints, values)))
 
     def _model_input(self, config: Mapping[str, Any], resource: float | None) -> torch.Tensor:
         """The GP input of an observation [1, gp.dim] (subclasses add e.g. the budget)."""
@@ -239,8 +287,61 @@ class BayesSearcher(Searcher):
         return x
 
     def _incumbent(self) -> float | None:
-        """The standardised value improvements are measured from (None: the best modelled)."""
-        return None
+        """The standardised value improvements are measured from (None: the best modelled;
+        with constraints, the best feasible one)."""
+        if not self._slacks:
+            return None
+        feasible = [s for s, ok in zip(self._scores, self._feasible) if ok]
+        if not feasible:
+            return None
+        return (min(feasible) - self.gp.y_mean) / self.gp.y_scale
+
+    # -- several objectives (ParEGO) and constraints -------------------------------------------
+    def _scalarise(self) -> None:
+        """Draw ParEGO's weights and rewrite the modelled scores as their augmented Chebyshev
+        scalarisation of the normalised score vectors."""
+        vectors = np.asarray(self._vectors, dtype=float)
+        weights = self.rng.dirichlet(np.ones(vectors.shape[1]))
+        low, high = vectors.min(0), vectors.max(0)
+        normalised = (vectors - low) / np.where(high > low, high - low, 1.0)
+        weighted = weights * normalised
+        self._scores[:] = (weighted.max(1) + PAREGO_RHO * weighted.sum(1)).tolist()
+        self._weights = weights
+        if self._fitted_at and not self._refit_due():  # same hyper-parameters, new outputs
+            assert self.gp.hyper is not None
+            self.gp.set_data(torch.cat(self._inputs), torch.tensor(self._scores, dtype=DTYPE),
+                             self.gp.hyper)
+            self._in_model = len(self._scores)
+
+    def _update_constraint_models(self) -> None:
+        """Fit (on the refit schedule) or update the constraints' GPs on every slack told."""
+        n = len(self._slacks)
+        if not n or not self._constraint_gps:
+            return
+        fitted = self._constraints_fitted_at
+        due = not fitted or n - fitted >= max(self.refit_every, self.refit_growth * fitted)
+        x = torch.cat(self._constraint_x)
+        for k, gp in enumerate(self._constraint_gps):
+            y = torch.tensor([slack[k] for slack in self._slacks], dtype=DTYPE)
+            if due or gp.hyper is None:
+                gp.fit(x, y, restarts=self.restarts, seed=int(self.rng.integers(2**31)),
+                       subsample=self.fit_subsample)
+            else:
+                gp.set_data(x, y, gp.hyper)
+        if due:
+            self._constraints_fitted_at = n
+
+    def _log_feasibility(self, x: torch.Tensor) -> torch.Tensor | None:
+        """log of the modelled probability that candidates ``x`` [m, dim] (in the cube) meet
+        every constraint, differentiable; None when no constraint value was told yet."""
+        if not self._slacks or not self._constraint_gps:
+            return None
+        total = torch.zeros(x.shape[0], dtype=DTYPE)
+        for gp in self._constraint_gps:
+            mean, variance = gp.differentiable_posterior(x)
+            zero = -gp.y_mean / gp.y_scale  # slack 0 on the standardised scale
+            total = total + torch.special.log_ndtr((mean - zero) / variance.sqrt())
+        return total
 
     # -- the model ------------------------------------------------------------------------------
     def _refit_due(self) -> bool:
@@ -328,10 +429,15 @@ class BayesSearcher(Searcher):
         if self.acquisition == "ucb":
             return -mean + math.sqrt(self.beta) * variance.sqrt()
         incumbent = self._incumbent()
+        log_feasibility = self._log_feasibility(x)
+        if log_feasibility is not None and incumbent is None:
+            return log_feasibility  # nothing feasible yet: look for feasibility alone
         best = self.gp.best_standardised() if incumbent is None else incumbent
         if self.acquisition == "pi":
-            return torch.special.log_ndtr((best - mean - self.xi) / variance.sqrt())
-        return log_expected_improvement(mean, variance, best, self.xi)
+            value = torch.special.log_ndtr((best - mean - self.xi) / variance.sqrt())
+        else:
+            value = log_expected_improvement(mean, variance, best, self.xi)
+        return value if log_feasibility is None else value + log_feasibility
 
     def _refine(self, starts: torch.Tensor) -> torch.Tensor:
         """L-BFGS-B ascent of the acquisition from ``starts`` over the continuous coordinates
@@ -361,9 +467,16 @@ class BayesSearcher(Searcher):
         return self._snap(refined) if self._has_discrete else refined
 
     def _score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        incumbent = self._incumbent()
         result = self.gp.acquisition(self._augment(x), self.acquisition, xi=self.xi,
-                                     beta=self.beta, best=self._incumbent())
-        return result.score, result.mean, result.variance
+                                     beta=self.beta, best=incumbent)
+        with torch.no_grad():
+            log_feasibility = self._log_feasibility(x)
+        if log_feasibility is None:
+            return result.score, result.mean, result.variance
+        feasibility = log_feasibility.exp()
+        score = feasibility if incumbent is None else result.score * feasibility
+        return score, result.mean, result.variance
 
     def _pick(self, scores: torch.Tensor) -> list[int]:
         """Candidate indices in the order to try: normalised-EI sampling or best first."""
@@ -393,7 +506,10 @@ class BayesSearcher(Searcher):
 
     def _model_proposal(self) -> Proposal | None:
         """The acquisition's choice given the observations (random once nothing is left)."""
+        if self._vectors:
+            self._scalarise()
         self._update_model()
+        self._update_constraint_models()
         observed = self.gp.n
         self._add_fantasies()
         try:
@@ -444,7 +560,9 @@ class BayesSearcher(Searcher):
             p.name: float(relevance[self.encoder.slice_of(p.name)].max())
             for p in self.space.parameters
         }
-        return {
+        details: dict[str, Any] = {} if self._weights is None else {
+            "weights": [float(w) for w in self._weights]}
+        return details | {
             "mean": float(mean) * self.gp.y_scale + self.gp.y_mean,
             "std": math.sqrt(float(variance) + self.gp.hyper.noise) * self.gp.y_scale,
             "acquisition": float(score),

@@ -29,6 +29,7 @@ class GridSearcher(Searcher):
     """
 
     name = "grid"
+    multi_objective = True
 
     def __init__(
         self,

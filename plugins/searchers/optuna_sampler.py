@@ -23,8 +23,12 @@ Optuna study always minimises the score; a failure excluded by ``on_failure = "e
 Optuna FAIL trial, a penalised one a COMPLETE trial valued at the penalty's score. The
 sampler is seeded from the searcher's seed (QMC uses it only with ``scramble = true``), so its
 suggestions are a deterministic function of the seed and of the calls, as resume needs.
-Optuna may propose a configuration twice; the search never ends by itself (give the study
-``n_trials`` or the searcher ``max_trials``).
+Several objectives become the Optuna study's several directions (each a score to minimise);
+every sampler but ``"cmaes"`` handles them. Constraints reach samplers that take a
+``constraints_func`` (``"tpe"``, ``"nsga2"``, ``"gp"``) as Optuna's constraint values (the
+amount by which each bound is broken; <= 0 is feasible). Optuna may propose a configuration
+twice; the search never ends by itself (give the study ``n_trials`` or the searcher
+``max_trials``).
 """
 
 from __future__ import annotations
@@ -128,6 +132,7 @@ class OptunaSearcher(Searcher):
     """
 
     name = "optuna"
+    multi_objective = True
 
     def __init__(self, space: SearchSpace | Mapping[str, Any], *, sampler: str = "tpe",
                  **options: Any) -> None:
@@ -146,6 +151,9 @@ class OptunaSearcher(Searcher):
             except ImportError:
                 raise SearcherError(f"optuna: sampler {sampler!r} needs the {module} package, "
                                     f"which is not installed: {INSTALL}") from None
+        if sampler == "cmaes" and self.objectives.multi:
+            raise SearcherError("optuna: sampler \"cmaes\" optimises one objective; for several "
+                                "use \"tpe\", \"nsga2\", \"qmc\" or \"gp\"")
         accepted = sampler_options(sampler, optuna)
         for option in own:
             if option not in accepted:
@@ -157,6 +165,10 @@ class OptunaSearcher(Searcher):
         warns = inspect.signature(factory).parameters.get("warn_independent_sampling")
         if warns is not None and warns.default is True:  # a warning per trial, off unless asked
             own.setdefault("warn_independent_sampling", False)
+        constraints = len(self.objectives.constraints)
+        if constraints and "constraints_func" in inspect.signature(factory).parameters:
+            own.setdefault("constraints_func", lambda trial: trial.user_attrs.get(
+                "medtune_constraints", [0.0] * constraints))
         self.sampler = sampler
         self.sampler_options = dict(own)
         self._optuna = optuna
@@ -167,8 +179,9 @@ class OptunaSearcher(Searcher):
                 built = factory(seed=self.seed % 2**32, **own)
             except (TypeError, ValueError) as exc:
                 raise SearcherError(f"optuna: sampler {sampler!r}: {exc}") from None
-            # one objective, the score; several objectives would become several directions
-            self.study = optuna.create_study(sampler=built, direction="minimize")
+            # the scores (one per objective), each minimised
+            self.study = optuna.create_study(
+                sampler=built, directions=["minimize"] * len(self.objectives.names))
         self._trials: dict[int, Any] = {}  # suggestion id -> its Optuna trial, until told
 
     def _propose(self) -> Proposal:
@@ -180,9 +193,13 @@ class OptunaSearcher(Searcher):
         self._trials[self._next_id] = trial  # the id ask() gives this proposal
         return Proposal(config)
 
-    def _observe(self, suggestion: Suggestion, score: float | None, failed: bool) -> None:
+    def _observe_constraints(self, suggestion: Suggestion, values: tuple[float, ...]) -> None:
+        self._trials[suggestion.id].set_user_attr("medtune_constraints", [
+            -c.slack(v) for c, v in zip(self.objectives.constraints, values)])
+
+    def _observe(self, suggestion: Suggestion, score: Any, failed: bool) -> None:
         trial = self._trials.pop(suggestion.id)
         if score is None:  # an excluded failure
             self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
         else:
-            self.study.tell(trial, score)
+            self.study.tell(trial, list(score) if isinstance(score, tuple) else score)

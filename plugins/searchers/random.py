@@ -22,6 +22,7 @@ class RandomSearcher(Searcher):
     """
 
     name = "random"
+    multi_objective = True
 
     def __init__(self, space: SearchSpace | Mapping[str, Any], **shared: Any) -> None:
         super().__init__(space, **shared)

@@ -28,7 +28,9 @@ from medtune.study.executors.inline import InlineExecutor
 from medtune.study.executors.process import ProcessExecutor
 from medtune.study.executors.ray import RAY_CONNECT_TIMEOUT, RayExecutor
 from medtune.study.executors.trial import (
+    PRUNED_AT_STEP,
     ExecutorError,
+    Judge,
     Objective,
     TrialPruned,
     TrialResult,
@@ -44,10 +46,12 @@ from medtune.study.executors.trial import (
 
 __all__ = [
     "EXECUTORS",
+    "PRUNED_AT_STEP",
     "RAY_CONNECT_TIMEOUT",
     "Executor",
     "ExecutorError",
     "InlineExecutor",
+    "Judge",
     "Objective",
     "ProcessExecutor",
     "RayExecutor",

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from medtune.study.executors.trial import ExecutorError, TrialResult, TrialTask
+from medtune.study.executors.trial import ExecutorError, Judge, TrialResult, TrialTask
 
 
 class Executor(ABC):
@@ -18,6 +18,10 @@ class Executor(ABC):
 
     ``trial_timeout`` (seconds, None for none) is how long one trial may run; past it the
     trial is stopped and :meth:`wait` returns it as FAIL, reason ``timeout``.
+
+    An executor that :attr:`supports_pruning` takes the driver's :data:`Judge` through
+    :meth:`enable_pruning`: each report of a trial is judged as it happens (in the driver)
+    and the objective goes on only once it is.
     """
 
     name: ClassVar[str]
@@ -25,6 +29,9 @@ class Executor(ABC):
     max_workers: ClassVar[int | None] = None
     capacity: int
     trial_timeout: float | None = None
+    #: whether trials can be stopped early by the driver's pruner
+    supports_pruning: ClassVar[bool] = False
+    judge: Judge | None = None
 
     @abstractmethod
     def submit(self, task: TrialTask) -> None:
@@ -38,11 +45,25 @@ class Executor(ABC):
     def close(self, cancel: bool = False) -> None:
         """Release workers; with ``cancel``, stop trials still running instead of waiting."""
 
+    def enable_pruning(self, judge: Judge) -> None:
+        """Judge every report of the trials submitted from now on with ``judge``; an executor
+        that cannot raises :class:`ExecutorError`."""
+        if not self.supports_pruning:
+            raise ExecutorError(refuse_pruning(self.name))
+        self.judge = judge
+
     def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self.close(cancel=exc_type is not None)
+
+
+def refuse_pruning(executor: str) -> str:
+    """What an executor that cannot stop trials early says to a study with a pruner."""
+    return (f"the {executor} executor cannot stop trials early (a [pruner] needs each report "
+            "answered by the driver while the trial runs): use executor \"process\" or "
+            "\"inline\", or remove [pruner]")
 
 
 def check_workers(n_workers: Any, executor: type[Executor]) -> int:

@@ -32,6 +32,7 @@ class InlineExecutor(Executor):
 
     name = "inline"
     max_workers = 1
+    supports_pruning = True
 
     def __init__(self, objective: str | Objective, n_workers: int = 1, *,
                  trial_timeout: float | None = None, import_path: Sequence[str] = ()):
@@ -54,7 +55,8 @@ class InlineExecutor(Executor):
     def wait(self, timeout: float | None = None) -> list[TrialResult]:
         if not self._queue:
             return []
-        return [run_trial(self._objective, self._queue.popleft(), self.trial_timeout)]
+        return [run_trial(self._objective, self._queue.popleft(), self.trial_timeout,
+                          self.judge)]
 
     def close(self, cancel: bool = False) -> None:
         self._queue.clear()

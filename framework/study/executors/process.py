@@ -5,6 +5,7 @@ die with the driver."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -22,6 +23,7 @@ from typing import Any
 from medtune.study.executors.base import Executor, check_workers, until_first_limit
 from medtune.study.executors.trial import (
     ExecutorError,
+    Judge,
     Objective,
     TrialResult,
     TrialTask,
@@ -34,6 +36,15 @@ from medtune.study.executors.trial import (
 from medtune.study.store import utc_now
 
 _READY = "ready"  # a worker's first message: it started and imported the objective
+
+
+@dataclass(frozen=True)
+class _Report:
+    """A report of a trial run with a pruner: the worker waits for the driver's decision."""
+
+    step: float
+    value: float
+    scores: tuple[float, ...] | None
 
 
 @dataclass
@@ -61,9 +72,13 @@ class ProcessExecutor(Executor):
     too, see :func:`resolve_objective`); and a script that runs a study must do so under
     ``if __name__ == "__main__":``. A worker that cannot start at all raises
     :class:`ExecutorError` from :meth:`wait`, since every trial would fail the same way.
+
+    With pruning (:meth:`enable_pruning`), a worker sends each report over its pipe and waits
+    for the decision, which :meth:`wait` gives as the report arrives.
     """
 
     name = "process"
+    supports_pruning = True
 
     def __init__(self, objective: str | Objective, n_workers: int = 2, *,
                  trial_timeout: float | None = None, import_path: Sequence[str] = ()):
@@ -116,6 +131,8 @@ class ProcessExecutor(Executor):
                     f"all {self.capacity} workers are busy: wait for a result before submitting"
                 )
             worker = self._start_worker()
+        if self.judge is not None:
+            task = dataclasses.replace(task, pruning=True)
         worker.task = task
         if worker.ready:
             self._start_clock(worker)
@@ -184,6 +201,11 @@ class ProcessExecutor(Executor):
                 if message == _READY:
                     worker.ready = True
                     self._start_clock(worker)  # it takes its first trial now
+                    continue
+                if isinstance(message, _Report):
+                    assert self.judge is not None
+                    worker.connection.send(self.judge(task.trial_id, message.step,
+                                                      message.value, message.scores))
                     continue
                 worker.task = None
                 worker.started = worker.started_at = None
@@ -291,7 +313,19 @@ def _process_worker_main(
             return
         if task is None:
             return
-        connection.send(run_trial(function, task))
+        judge = _asking_driver(connection) if task.pruning else None
+        connection.send(run_trial(function, task, judge=judge))
+
+
+def _asking_driver(connection: multiprocessing.connection.Connection) -> Judge:
+    """A worker's judge: send the report to the driver, return its decision."""
+
+    def judge(trial_id: int, step: float, value: float,
+              scores: tuple[float, ...] | None) -> str | None:
+        connection.send(_Report(step, value, scores))
+        return connection.recv()
+
+    return judge
 
 
 def _exit_with_driver(driver_pid: int) -> None:

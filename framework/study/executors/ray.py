@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import pickle
 import socket
@@ -14,6 +16,7 @@ from typing import Any
 from medtune.study.executors.base import Executor, check_workers, until_first_limit
 from medtune.study.executors.trial import (
     ExecutorError,
+    Judge,
     Objective,
     TrialResult,
     TrialTask,
@@ -28,6 +31,11 @@ from medtune.study.store import utc_now
 
 #: How long the Ray executor waits for a cluster's address to accept a connection (seconds).
 RAY_CONNECT_TIMEOUT = 10.0
+
+#: How long a Ray worker waits for the driver's decision on one report before its trial fails
+#: (seconds): the driver answers at once unless it is stuck; a driver that died is noticed
+#: sooner, as its :class:`_PruningChannel` dies with it.
+REPORT_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,12 @@ class RayExecutor(Executor):
     task is cancelled with ``force`` (its worker process killed), the trial fails with reason
     ``timeout``.
 
+    With pruning (:meth:`enable_pruning`), a worker sends each report to a
+    :class:`_PruningChannel` actor that the driver owns and waits for the decision; the
+    driver's :meth:`wait` wakes on the reports as it does on results, judges them and answers.
+    The actor dies with the driver, which ends a worker's wait (and Ray ends the driver's
+    tasks); a worker left unanswered for :data:`REPORT_TIMEOUT` fails its trial.
+
     The objective travels by reference: as its ``"module:function"`` name, or, for a callable
     object (such as a configured objective), pickled with its class named by module; so its
     module must be importable on every node (installed there, on the nodes' PYTHONPATH, or in
@@ -73,6 +87,7 @@ class RayExecutor(Executor):
     """
 
     name = "ray"
+    supports_pruning = True
 
     def __init__(
         self,
@@ -124,26 +139,64 @@ class RayExecutor(Executor):
             num_cpus=cpus_per_trial, num_gpus=gpus_per_trial, max_retries=0
         )
         self._pending: dict[Any, _RayTrial] = {}  # the task's stream of results -> its trial
+        self._channel: Any = None  # the _PruningChannel actor, with pruning
+        self._inbox: Any = None  # the driver's outstanding call for the channel's next reports
+
+    def enable_pruning(self, judge: Judge) -> None:
+        super().enable_pruning(judge)
+        if self._channel is None:
+            self._channel = self._open_channel()
+
+    def _open_channel(self) -> Any:
+        """A new :class:`_PruningChannel`: owned by the driver (not detached), so it dies with
+        the driver; ``num_cpus=0``, so it never takes a trial's CPU."""
+        return self._ray.remote(_PruningChannel).options(num_cpus=0).remote()
 
     def submit(self, task: TrialTask) -> None:
         if len(self._pending) >= self.capacity:
             raise ExecutorError(
                 f"{self.capacity} trials already in flight: wait for a result before submitting"
             )
-        stream = self._remote.remote(self._objective, task, self._import_path)
+        if self._channel is not None:
+            task = dataclasses.replace(task, pruning=True)
+        stream = self._remote.remote(self._objective, task, self._import_path, self._channel)
         self._pending[stream] = _RayTrial(task)
 
     def wait(self, timeout: float | None = None) -> list[TrialResult]:
         if not self._pending:
             return []
-        ready, _ = self._ray.wait(list(self._pending), num_returns=1,
-                                  timeout=self._until_deadline(timeout))
+        waiting = list(self._pending)
+        if self._channel is not None:
+            if self._inbox is None:
+                self._inbox = self._channel.reports.remote()
+            waiting.append(self._inbox)
+        ready, _ = self._ray.wait(waiting, num_returns=1, timeout=self._until_deadline(timeout))
         if ready:  # collect whatever else is done too
-            more, _ = self._ray.wait(list(self._pending), num_returns=len(self._pending),
-                                     timeout=0)
-            ready = list({stream: None for stream in [*ready, *more]})
-        results = [r for r in map(self._advance, ready) if r is not None]
+            more, _ = self._ray.wait(waiting, num_returns=len(waiting), timeout=0)
+            ready = list({ref: None for ref in [*ready, *more]})
+        inbox = self._inbox
+        if inbox is not None and any(ref is inbox for ref in ready):
+            self._inbox = None
+            try:
+                self._answer(self._ray.get(inbox))
+            except self._ray.exceptions.RayActorError:
+                # the channel died (its node did): the trials waiting on it fail by themselves,
+                # the next ones report to a new channel
+                self._channel = self._open_channel()
+        streams = [ref for ref in ready if ref is not inbox]
+        results = [r for r in map(self._advance, streams) if r is not None]
         return results + self._stop_overdue()
+
+    def _answer(self, reports: list[tuple[int, float, float, tuple[float, ...] | None]]) -> None:
+        """Judge the reports the channel collected and send the decisions back; a report of a
+        trial no longer in flight (cancelled meanwhile) is not judged, only released."""
+        assert self.judge is not None
+        running = {trial.task.trial_id for trial in self._pending.values()}
+        decisions = {trial_id: self.judge(trial_id, step, value, scores)
+                     if trial_id in running else None
+                     for trial_id, step, value, scores in reports}
+        if decisions:
+            self._channel.decide.remote(decisions)
 
     def _advance(self, stream: Any) -> TrialResult | None:
         """Read the next message of a task that has one: its start, or its result."""
@@ -206,10 +259,17 @@ class RayExecutor(Executor):
                     pass
         elif self._pending:
             try:
-                self._ray.wait(list(self._pending), num_returns=len(self._pending))
+                while self._pending:  # answering their reports meanwhile
+                    self.wait()
             except Exception:  # noqa: BLE001 - best effort on the way out
                 pass
         self._pending.clear()
+        if self._channel is not None:  # a worker still waiting on it stops waiting
+            try:
+                self._ray.kill(self._channel)
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+            self._channel = self._inbox = None
         if self._owns_ray:
             self._ray.shutdown()
             self._owns_ray = False
@@ -238,8 +298,79 @@ def _check_reachable(address: str | None) -> None:
         ) from None
 
 
-def _ray_trial(objective: str | Objective, task: TrialTask,
-               import_path: Sequence[str] = ()) -> Iterator[_Started | TrialResult]:
-    """Ray task body: say where it runs, then import the objective and run the trial."""
+def _ray_trial(objective: str | Objective, task: TrialTask, import_path: Sequence[str] = (),
+               channel: Any = None) -> Iterator[_Started | TrialResult]:
+    """Ray task body: say where it runs, then import the objective and run the trial (asking
+    the driver, through ``channel``, about each report when the study has a pruner)."""
     yield _Started(socket.gethostname(), os.getpid(), utc_now())
-    yield run_trial(resolve_objective(objective, import_path), task)
+    judge = _asking_driver(channel) if task.pruning else None
+    yield run_trial(resolve_objective(objective, import_path), task, judge=judge)
+
+
+def _asking_driver(channel: Any) -> Judge:
+    """A Ray worker's judge: send the report through the driver's channel, return its
+    decision."""
+    import ray
+
+    def judge(trial_id: int, step: float, value: float,
+              scores: tuple[float, ...] | None) -> str | None:
+        try:
+            return ray.get(channel.ask.remote(trial_id, step, value, scores),
+                           timeout=REPORT_TIMEOUT)
+        except ray.exceptions.GetTimeoutError:
+            raise ExecutorError(
+                f"the driver did not answer the report of trial {trial_id} at step {step:g} "
+                f"within {REPORT_TIMEOUT:g} s (is the driver stuck?)") from None
+        except ray.exceptions.RayActorError:
+            raise ExecutorError(
+                f"the driver's pruning channel is gone (the driver stopped, or the node the "
+                f"channel ran on) while trial {trial_id} waited for the decision on its report "
+                f"at step {step:g}") from None
+
+    return judge
+
+
+class _PruningChannel:
+    """The Ray actor (async) between the workers and the driver: a worker's :meth:`ask` queues
+    its report and waits for the decision; the driver takes the queued reports with
+    :meth:`reports` (which waits for one) and answers them all with :meth:`decide`. It only
+    carries reports: the driver judges them. A worker waits for one report at a time, so
+    decisions are keyed by trial."""
+
+    def __init__(self) -> None:
+        self._reports: list[tuple[int, float, float, tuple[float, ...] | None]] = []
+        self._arrived: asyncio.Event | None = None  # made in the actor's event loop
+        self._decisions: dict[int, asyncio.Future] = {}
+
+    def _event(self) -> asyncio.Event:
+        if self._arrived is None:
+            self._arrived = asyncio.Event()
+        return self._arrived
+
+    async def ask(self, trial_id: int, step: float, value: float,
+                  scores: tuple[float, ...] | None) -> str | None:
+        """A worker's report; returns the driver's decision (None: go on; else the rule)."""
+        decision = asyncio.get_running_loop().create_future()
+        self._decisions[trial_id] = decision
+        self._reports.append((trial_id, step, value, scores))
+        self._event().set()
+        try:
+            return await decision
+        finally:
+            if self._decisions.get(trial_id) is decision:
+                del self._decisions[trial_id]
+
+    async def reports(self) -> list[tuple[int, float, float, tuple[float, ...] | None]]:
+        """The reports queued since the last call, once there is one."""
+        arrived = self._event()
+        await arrived.wait()
+        arrived.clear()
+        reports, self._reports = self._reports, []
+        return reports
+
+    async def decide(self, decisions: dict[int, str | None]) -> None:
+        """The driver's decisions, by trial, on the reports it took."""
+        for trial_id, rule in decisions.items():
+            decision = self._decisions.get(trial_id)
+            if decision is not None and not decision.done():
+                decision.set_result(rule)

@@ -4,15 +4,20 @@
 An objective is ``objective(config, resource, seed, report) -> float``: it trains the model
 ``config`` describes with budget ``resource`` (``None`` when the searcher does not use one)
 and random seed ``seed``, may call ``report(step, value)`` with intermediate values (one per
-resource level or epoch), and returns the metric - or a mapping with the metric under
+resource level or epoch; ``report(step, value, scores=per_case)`` adds the per-case or per-fold
+scores behind ``value``, for the ``wilcoxon`` pruner), and returns the metric - or a mapping with the metric under
 ``"value"`` and further named numbers (per-population Dice, seconds per epoch...), which the
 store keeps as the trial's ``metrics``. It may raise :class:`TrialPruned` to stop early, and
 may declare how long one of its trials may run with a ``trial_timeout`` attribute (seconds;
-see :func:`declared_trial_timeout`). What happens to it is classified by :func:`run_trial`,
+see :func:`declared_trial_timeout`). With a study's pruner, ``report`` asks the driver's
+:class:`Judge` and raises :class:`TrialPruned` inside the objective when the pruner stops the
+trial (and again at each later report, should the objective catch it and go on). What happens to it is classified by :func:`run_trial`,
 the same way on every executor:
 
 - a finite number returned: COMPLETE;
-- ``TrialPruned``: PRUNED, with the last reported value;
+- ``TrialPruned``: PRUNED, with the last reported value, the step it was stopped at (metric
+  ``pruned_at_step``) and the rule that stopped it (the exception's message, if any, as its
+  ``traceback``); also when the objective caught a pruner's stop and returned;
 - NaN or infinity returned: FAIL, reason ``nan``;
 - ``MemoryError``, ``torch.OutOfMemoryError`` or an allocator's out-of-memory
   ``RuntimeError`` (torch's ``DefaultCPUAllocator: can't allocate memory``): FAIL, reason
@@ -45,6 +50,7 @@ from typing import Any, Protocol
 
 from medtune.errors import MedtuneError
 from medtune.study.artifacts import TrialArtifacts, collecting
+from medtune.study.records import PRUNED_AT_STEP
 from medtune.study.store import Execution, FailureReason, TrialState, utc_now
 
 #: After a first stop, how often the inline executor repeats it while an objective that
@@ -62,7 +68,13 @@ class ExecutorError(MedtuneError):
 
 
 class TrialPruned(Exception):
-    """Raised by an objective to stop its trial early; the trial is recorded as PRUNED."""
+    """Raised by an objective to stop its trial early, or by its ``report`` when the study's
+    pruner stops it; the trial is recorded as PRUNED, the message as the rule that stopped it."""
+
+
+#: The driver's decision on one report, ``judge(trial_id, step, value, scores)``: None to go
+#: on, else the rule that stops the trial (see :mod:`medtune.pruners`).
+Judge = Callable[[int, float, float, "tuple[float, ...] | None"], "str | None"]
 
 
 class TrialTimeout(BaseException):
@@ -73,7 +85,7 @@ class TrialTimeout(BaseException):
 
 class Objective(Protocol):
     """``objective(config, resource, seed, report) -> float | {"value": float, name: float}``;
-    ``report(step, value)``."""
+    ``report(step, value)`` or ``report(step, value, scores=per_case)``."""
 
     def __call__(
         self,
@@ -94,6 +106,8 @@ class TrialTask:
     resource: float | None
     seed: int
     artifact_dir: str | None = None
+    #: the study has a pruner: each report waits for the driver's decision
+    pruning: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,7 +222,7 @@ def _import_reference(reference: str, import_path: Sequence[str] = ()) -> Object
 
 
 def run_trial(objective: Objective, task: TrialTask,
-              time_limit: float | None = None) -> TrialResult:
+              time_limit: float | None = None, judge: Judge | None = None) -> TrialResult:
     """Run ``objective`` for ``task`` in this process and classify what happened.
 
     ``time_limit`` (seconds; only in the main thread, where Unix delivers ``SIGALRM``): past
@@ -221,6 +235,9 @@ def run_trial(objective: Objective, task: TrialTask,
     objective its trial's folder while it runs; the folder is kept when the trial completes
     (a rename that fails fails the trial) and removed otherwise.
 
+    ``judge``: asked at each ``report`` (see :data:`Judge`); a rule it returns stops the
+    trial, PRUNED.
+
     Never raises for a problem of the trial itself (``KeyboardInterrupt`` still propagates, so
     that Ctrl-C stops the study).
     """
@@ -228,9 +245,19 @@ def run_trial(objective: Objective, task: TrialTask,
         raise ValueError("run_trial enforces a time_limit with SIGALRM, which only the main "
                          "thread receives: call it from the main thread")
     intermediate: list[tuple[float, float]] = []
+    stopped: list[str] = []  # the rule that stopped the trial, once one did
 
-    def report(step: float, value: float) -> None:
-        intermediate.append((float(step), float(value)))
+    def report(step: float, value: float, *, scores: Sequence[float] | None = None) -> None:
+        if stopped:
+            raise TrialPruned(stopped[0])
+        step, value = float(step), float(value)
+        intermediate.append((step, value))
+        if judge is not None:
+            rule = judge(task.trial_id, step, value,
+                         None if scores is None else tuple(float(s) for s in scores))
+            if rule is not None:
+                stopped.append(rule)
+                raise TrialPruned(rule)
 
     started = utc_now()
     clock = time.perf_counter()
@@ -243,9 +270,8 @@ def run_trial(objective: Objective, task: TrialTask,
         with collecting(folder), alarm:
             returned = objective(dict(task.config), task.resource, task.seed, report)
         value, metrics = _as_metrics(returned)
-    except TrialPruned:
-        state = TrialState.PRUNED
-        value = intermediate[-1][1] if intermediate else None
+    except TrialPruned as exc:
+        state, trace = TrialState.PRUNED, str(exc) or None  # the rule, when one stopped it
     except TrialTimeout:
         state, reason, trace = TrialState.FAIL, FailureReason.TIMEOUT, traceback.format_exc()
     except SystemExit as exc:
@@ -263,6 +289,11 @@ def run_trial(objective: Objective, task: TrialTask,
                 "not finite (a diverged training, a NaN loss) counts as a failed trial"
             )
             value = None
+        if stopped:  # it caught the pruner's stop and returned: stopped all the same
+            state, reason, trace = TrialState.PRUNED, None, stopped[0]
+    if state is TrialState.PRUNED:
+        value = intermediate[-1][1] if intermediate else None
+        metrics = {PRUNED_AT_STEP: intermediate[-1][0]} if intermediate else {}
     if alarm.expired and reason is not FailureReason.TIMEOUT:
         # it caught every stop and ended past its limit anyway
         state, value, reason = TrialState.FAIL, None, FailureReason.TIMEOUT
