@@ -46,27 +46,33 @@ TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting of a task: its ``default`` and its ``type`` (a key of :data:`TYPES`; None:
-    the type of the default). ``optional``: None is accepted too (the task then picks a value).
-    ``example`` is shown when a value has the wrong type."""
+    """One setting of a task: its ``default`` and its ``type`` (a key of :data:`TYPES`, or a
+    tuple of keys when several are accepted, e.g. ``("list", "string")``; None: the type of the
+    default). ``optional``: None is accepted too (the task then picks a value). ``example`` is
+    shown when a value has the wrong type."""
 
     default: Any
-    type: str | None = None
+    type: str | tuple[str, ...] | None = None
     optional: bool = False
     example: str = ""
 
     @property
-    def kind(self) -> str:
-        """The declared type, or the one of the default."""
-        kind = self.type or _type_of(self.default)
-        if kind not in TYPES:
-            raise PluginError(f"setting default {self.default!r}: give its type, one of "
-                              f"{', '.join(TYPES)} (Setting(default, type=...))")
-        return kind
+    def kinds(self) -> tuple[str, ...]:
+        """The declared types, or the one of the default."""
+        kinds = self.type or _type_of(self.default)
+        kinds = (kinds,) if isinstance(kinds, str) or kinds is None else tuple(kinds)
+        if not kinds or any(kind not in TYPES for kind in kinds):
+            raise PluginError(f"setting default {self.default!r}: give its type, one or a tuple "
+                              f"of {', '.join(TYPES)} (Setting(default, type=...))")
+        return kinds
 
     def accepts(self, value: Any) -> bool:
-        """Whether ``value`` has the setting's type."""
-        return (value is None and self.optional) or TYPES[self.kind][0](value)
+        """Whether ``value`` has one of the setting's types."""
+        return (value is None and self.optional) or any(TYPES[kind][0](value) for kind in self.kinds)
+
+    def expected(self) -> str:
+        """The accepted types as messages say them, e.g. "a list or a string"."""
+        return " or ".join(TYPES[kind][1] for kind in self.kinds) + (" or nothing" if self.optional else "")
 
 
 def _type_of(default: Any) -> str | None:
@@ -96,9 +102,8 @@ def check_settings(task: str, settings: Mapping[str, Any], config: Mapping[str, 
             problems.append(f"unknown setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         elif not declared[key].accepts(value):
             setting = declared[key]
-            expected = TYPES[setting.kind][1] + (" or nothing" if setting.optional else "")
             example = f", e.g. {setting.example}" if setting.example else ""
-            problems.append(f"{key} must be {expected}{example}, got {value!r}")
+            problems.append(f"{key} must be {setting.expected()}{example}, got {value!r}")
     if problems:
         known = (f"; the settings of the {task} task are {', '.join(declared)}"
                  if any(p.startswith("unknown") for p in problems) else "")
@@ -170,6 +175,12 @@ class Task:
         The base class cannot predict and raises :class:`~medtune.errors.MedtuneError`."""
         raise MedtuneError(f"task {self.name!r} cannot predict: it defines no predict() for "
                            "its trained models; predict with a study of a task that does")
+
+    def preflight(self, settings: dict[str, Any]) -> None:
+        """Checks of a study's fixed ``settings`` (merged over the defaults) that would fail
+        every trial the same way, such as a data folder that is not there; run once by
+        ``medtune run`` before the study file is written. Raises
+        :class:`~medtune.errors.MedtuneError` saying what to do; the base checks nothing."""
 
     def validate(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """``config`` checked (:func:`check_settings`, ``threads``, :meth:`check`) and merged

@@ -87,6 +87,16 @@ def test_a_mistyped_setting_is_refused_with_its_type(config, message):
     assert str(err.value) == f"toy task: {message}"
 
 
+def test_a_setting_may_accept_several_types():
+    shape = Setting(None, type=("list", "string"), optional=True)
+    settings = {"shape": shape}
+    assert check_settings("toy", settings, {"shape": "8x8"})["shape"] == "8x8"
+    assert check_settings("toy", settings, {"shape": [8, 8]})["shape"] == [8, 8]
+    with pytest.raises(MedtuneError) as err:
+        check_settings("toy", settings, {"shape": 8})
+    assert str(err.value) == "toy task: shape must be a list or a string or nothing, got 8"
+
+
 def test_every_problem_is_named_in_one_error():
     with pytest.raises(MedtuneError) as err:
         check_settings("toy", Toy.settings, {"epochs": "2", "modes": "fast"})

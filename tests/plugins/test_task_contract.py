@@ -26,7 +26,7 @@ def task(request, monkeypatch, installed_plugins) -> Task:
 
 def _first_of(task: Task) -> tuple[str, str]:
     name, setting = next(iter(declared_settings(task.settings).items()))
-    return name, setting.kind
+    return name, setting.kinds[0]
 
 
 @pytest.mark.parametrize("task", TASKS, indirect=True)
@@ -35,7 +35,7 @@ def test_declares_typed_settings_with_valid_defaults(task):
     declared = declared_settings(task.settings)
     assert declared, "a task declares at least one setting"
     for name, setting in declared.items():
-        assert setting.kind in TYPES, name
+        assert set(setting.kinds) <= set(TYPES), name
         assert setting.accepts(setting.default), name
     settings = task.validate({})
     assert set(declared) <= set(settings)
