@@ -136,7 +136,7 @@ def load_model(folder: str | Path, device: str = "auto") -> ScansModel:
 
 def predict_folder(model_folder: str | Path, inputs: str | Path, output: str | Path, *,
                    labels: str | Path | None = None, tta: bool = False,
-                   console: Any = None) -> dict[str, Any]:
+                   console: Any = None, device: str = "auto") -> dict[str, Any]:
     """Segment every case of the folder ``inputs`` (``CASE_0000<ending>`` ... one file per
     channel) with the model kept in ``model_folder`` and write ``output/CASE<ending>``.
 
@@ -148,7 +148,8 @@ def predict_folder(model_folder: str | Path, inputs: str | Path, output: str | P
     label and their mean), a table is printed on ``console`` and the scores are returned as
     ``{"cases": {case: {"dice_<label>": ..., "mean_dice": ...}}, "mean": {...}}`` (the mean
     over cases); ``{}`` without labels. ``console``: a Rich console for the progress bar and
-    the table, or None for neither.
+    the table, or None for neither. ``device``: where the networks run (a ``device`` setting:
+    ``auto``, ``cpu``, ``cuda``, ``cuda:N``).
 
     Raises:
         MedtuneError: the model folder is not a scans model; ``inputs`` holds no case, a case
@@ -159,7 +160,7 @@ def predict_folder(model_folder: str | Path, inputs: str | Path, output: str | P
     from medtune.plugins.scans.layout import ScanCase, ScanDataset, find_inputs, read_case, write_volume
     from medtune.plugins.scans.preprocess import preprocess, restore
 
-    model = load_model(model_folder, device="auto")
+    model = load_model(model_folder, device=device)
     plan, ending = model.plan, model.file_ending
     cases = find_inputs(inputs, len(plan.channels), ending)
     if labels is not None:

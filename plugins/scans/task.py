@@ -69,7 +69,8 @@ class ScansTask(Task):
         "epochs": 50,
         "iterations": 50,
         "batch_size": Setting(None, type="integer", optional=True, example="2"),
-        "patch_size": Setting(None, type="list", optional=True, example="[128, 128, 64]"),
+        "patch_size": Setting(None, type=("list", "string"), optional=True,
+                              example='[128, 128, 64] or "128x128x64"'),
         "optimizer": "sgd",
         "lr": 0.01,
         "weight_decay": 3e-5,
@@ -106,10 +107,13 @@ class ScansTask(Task):
         patch = settings["patch_size"]
         if patch is not None:
             axes = 3 if settings["configuration"] == "3d" else 2
-            require(len(patch) == axes and all(isinstance(n, int) and not isinstance(n, bool)
-                                               and n >= 1 for n in patch),
+            sizes = patch_sizes(patch)
+            require(sizes is not None and len(sizes) == axes and all(n >= 1 for n in sizes),
                     f"patch_size must be {axes} whole numbers >= 1 for configuration "
-                    f"{settings['configuration']!r}, got {patch!r}")
+                    f"{settings['configuration']!r} (a list, or a string such as "
+                    f"\"{'x'.join(['64'] * axes)}\" that a categorical parameter can search), "
+                    f"got {patch!r}")
+            settings = {**settings, "patch_size": sizes}
         require(settings["lr"] > 0, f"lr must be > 0, got {settings['lr']!r}")
         for key in ("weight_decay", "ce_weight", "workers"):
             require(settings[key] >= 0, f"{key} must be >= 0, got {settings[key]!r}")
@@ -136,6 +140,18 @@ class ScansTask(Task):
                 "cross-entropy: set ce_weight = 0, or use adaptive = \"deterministic\"")
         resolve_device(settings["device"], here=False)
         return settings
+
+    def preflight(self, settings: dict[str, Any]) -> None:
+        """The dataset folder is there and readable (``data``, relative to the current
+        folder), so that a missing one stops ``medtune run`` before any trial."""
+        root = Path(settings["data"])
+        if not root.is_dir():
+            raise MedtuneError(
+                f"scans task: no dataset at {settings['data']!r} (looked in {root.absolute()}); "
+                f"write the sample dataset there with `medtune sample {settings['data']}`, or set "
+                "[objective.settings] data to the folder that holds your dataset.json, imagesTr/ "
+                "and labelsTr/")
+        load_dataset(root)
 
     def train(self, settings: dict[str, Any], resource: float | None, seed: int,
               report: Callable[[float, float], None] | None) -> dict[str, float | list[float]]:
@@ -217,8 +233,19 @@ def plan_for(settings: Mapping[str, Any], dataset: ScanDataset) -> Plan:
     if settings["batch_size"] is not None:
         overrides["batch_size"] = int(settings["batch_size"])
     if settings["patch_size"] is not None:
-        overrides["patch_size"] = tuple(int(n) for n in settings["patch_size"])
+        overrides["patch_size"] = patch_sizes(settings["patch_size"])
     return plan.with_overrides(**overrides) if overrides else plan
+
+
+def patch_sizes(patch: Any) -> tuple[int, ...] | None:
+    """A ``patch_size`` setting as whole numbers: a list, or a string such as ``"96x96x48"``
+    (one value of a categorical parameter); None when it is neither."""
+    if isinstance(patch, str):
+        parts = patch.lower().split("x")
+        return tuple(int(p) for p in parts) if all(p.strip().isdigit() for p in parts) else None
+    if all(isinstance(n, int) and not isinstance(n, bool) for n in patch):
+        return tuple(patch)
+    return None
 
 
 def read_plan(path: Path) -> Plan:
@@ -394,16 +421,21 @@ class PatchBatches(IterableDataset):
             yield self.batch(np.random.default_rng([*self.seed, self.epoch, iteration]))
 
     def batch(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch drawn with ``rng``."""
+        """One batch drawn with ``rng``. The augmentation is seeded once per batch (seeding
+        MONAI's transforms costs about a millisecond), from ``rng``, so a batch stays a function
+        of its seed alone."""
+        if self.augment is not None:
+            self.augment.set_random_state(seed=int(rng.integers(2**31)))
         images, labels = [], []
         for index in range(self.batch_size):
             image, label = self.patch(rng, foreground=index >= self.uniform)
             images.append(image)
             labels.append(label)
-        return torch.stack(images), torch.stack(labels).round().long()
+        return torch.stack(images), torch.stack(labels)
 
     def patch(self, rng: np.random.Generator, foreground: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One patch (image [C, *patch] float32, label [1, *patch] float32), augmented."""
+        """One patch (image [C, *patch] float32, label [1, *patch] int64), augmented with the
+        augmentation's current random state (:meth:`batch` seeds it)."""
         case = self.cases[int(rng.integers(len(self.cases)))]
         shape = np.asarray(case.label.shape)
         if foreground and case.foreground:
@@ -415,14 +447,15 @@ class PatchBatches(IterableDataset):
             low = np.array([int(rng.integers(0, n - b + 1)) for n, b in zip(shape, self.box)])
         window = tuple(slice(int(a), int(a + b)) for a, b in zip(low, self.box))
         image = torch.from_numpy(np.ascontiguousarray(case.image[(slice(None), *window)], dtype=np.float32))
-        label = torch.from_numpy(case.label[window].astype(np.float32))[None]
+        # class indices stay integers: flips and quarter turns keep the dtype, only the affine
+        # (nearest mode) returns float32, rounded back below
+        label = torch.from_numpy(np.ascontiguousarray(case.label[window]))[None]
         if self.slice_axis is not None:
             image, label = image.select(1 + self.slice_axis, 0), label.select(1 + self.slice_axis, 0)
         if self.augment is not None:
-            self.augment.set_random_state(seed=int(rng.integers(2**31)))
             sample = self.augment({"image": image, "label": label})
             image, label = (_plain(sample[key]) for key in ("image", "label"))
-        return image, label
+        return image, (label.round() if label.is_floating_point() else label).long()
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,8 @@ def _case(shape=(20, 12, 6)) -> TrainingCase:
 @pytest.mark.parametrize("settings, message", [
     ({"configuration": "4d"}, "configuration must be one of 3d, 2d"),
     ({"patch_size": [16, 16]}, "patch_size must be 3 whole numbers"),
+    ({"patch_size": "16x16"}, "patch_size must be 3 whole numbers"),
+    ({"patch_size": "16x16xa"}, "patch_size must be 3 whole numbers"),
     ({"configuration": "2d", "patch_size": [16, 16, 8]}, "patch_size must be 2 whole numbers"),
     ({"oversample_foreground": 1.5}, "oversample_foreground must be in"),
     ({"sw_overlap": 1.0}, "sw_overlap must be in"),
@@ -72,6 +74,18 @@ def _case(shape=(20, 12, 6)) -> TrainingCase:
 def test_settings_are_checked_before_any_work(settings, message):
     with pytest.raises(MedtuneError, match=message):
         ScansTask()(settings)
+
+
+def test_a_patch_size_may_be_a_string_that_a_categorical_parameter_searches():
+    assert ScansTask().validate({"patch_size": "32x32x16"})["patch_size"] == (32, 32, 16)
+    assert ScansTask().validate({"patch_size": [32, 32, 16]})["patch_size"] == (32, 32, 16)
+
+
+def test_a_missing_dataset_folder_is_refused_before_the_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    task = ScansTask()
+    with pytest.raises(MedtuneError, match="`medtune sample data`"):
+        task.preflight(task.validate({}))
 
 
 def test_a_missing_data_folder_is_named(tmp_path):
