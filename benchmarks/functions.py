@@ -1,4 +1,5 @@
-"""The test problems of the search benchmarks: Branin, Hartmann-6 and a tabulated finite space.
+"""The test problems of the search benchmarks: Branin, Hartmann-6, a tabulated finite space, and
+two-objective problems (ZDT1, and the table's loss against its parameter count).
 
 Branin and Hartmann-6 are the usual Bayesian-optimisation test functions (Surjanovic & Bingham,
 "Virtual Library of Simulation Experiments"), both minimised. :class:`TabulatedProblem` is a
@@ -8,6 +9,11 @@ parameters plus seeded noise, with a learning-curve term for multi-fidelity sear
 after ``r`` epochs (``r`` up to ``R``) is the final loss plus a term that decays with ``r`` at a
 pace that depends on the configuration, so that rankings at a low budget agree only in part
 with the final ones.
+
+The two-objective problems (:class:`TwoObjectiveProblem`) are ZDT1 (Zitzler, Deb & Thiele
+2000) and the table's final loss against a parameter count (:meth:`TabulatedProblem.parameters`),
+each with a fixed hypervolume reference point and the largest hypervolume any set of its points
+reaches.
 """
 
 from __future__ import annotations
@@ -89,6 +95,44 @@ HARTMANN6 = Problem(
 )
 
 
+# -- two-objective problems ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TwoObjectiveProblem:
+    """Two functions to minimise over a search space, with the hypervolume reference point and
+    the hypervolume of the true Pareto front w.r.t. it (the most any set of points reaches)."""
+
+    name: str
+    title: str
+    space: dict[str, dict[str, Any]]
+    objectives: Callable[[Mapping[str, Any]], tuple[float, float]]
+    reference: tuple[float, float]
+    best_hypervolume: float
+
+
+ZDT1_DIMENSION = 6
+#: the reference point BoTorch's ZDT problems use
+ZDT1_REFERENCE = (11.0, 11.0)
+
+
+def zdt1(x: Any) -> tuple[float, float]:
+    """ZDT1 on the unit cube [0, 1]^n (n >= 2), both minimised: f1 = x1, f2 = g (1 - sqrt(f1 /
+    g)) with g = 1 + 9 mean(x2 .. xn); the Pareto front is f2 = 1 - sqrt(f1), at x2 .. xn = 0."""
+    x = np.asarray(x, dtype=float)
+    g = 1.0 + 9.0 * float(np.mean(x[1:]))
+    return float(x[0]), g * (1.0 - math.sqrt(x[0] / g))
+
+
+ZDT1 = TwoObjectiveProblem(
+    name="zdt1",
+    title=f"ZDT1 ({ZDT1_DIMENSION}-d unit cube, reference point {ZDT1_REFERENCE})",
+    space={f"x{i}": {"type": "float", "low": 0.0, "high": 1.0} for i in range(ZDT1_DIMENSION)},
+    objectives=lambda config: zdt1([config[f"x{i}"] for i in range(ZDT1_DIMENSION)]),
+    reference=ZDT1_REFERENCE,
+    # the area under the reference point and above f2 = 1 - sqrt(f1): r1 r2 - 1/3
+    best_hypervolume=ZDT1_REFERENCE[0] * ZDT1_REFERENCE[1] - 1.0 / 3.0,
+)
+
+
 # -- the tabulated finite space ---------------------------------------------------------------
 #: (name, values) of the five parameters; the loss depends on each value's position u in [0, 1]
 TABULATED_PARAMETERS: tuple[tuple[str, tuple[Any, ...]], ...] = (
@@ -98,6 +142,10 @@ TABULATED_PARAMETERS: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("dropout", tuple(round(0.05 * i, 2) for i in range(10))),  # 0 .. 0.45
     ("weight_decay", (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
 )
+#: weights per squared filter in the parameter-count proxy (16 k .. 65.5 M for 4 .. 256 filters)
+PARAMETERS_PER_SQUARED_FILTER = 1000
+#: hypervolume reference point of the table's (final loss, log10 parameters) problem
+TABULATED_REFERENCE = (0.6, 8.0)
 
 
 class TabulatedProblem:
@@ -180,6 +228,32 @@ class TabulatedProblem:
         if resource >= self.R:
             return self.final
         return self.final + self.speed * (math.sqrt(self.R / resource) - 1)
+
+    def parameters(self, config: Mapping[str, Any]) -> int:
+        """A parameter-count proxy of ``config``: :data:`PARAMETERS_PER_SQUARED_FILTER` times
+        the squared number of filters (a convolutional network's weights grow with the square
+        of its width); the other parameters do not change it."""
+        return PARAMETERS_PER_SQUARED_FILTER * 2 ** (2 * int(config["filters_log2"]))
+
+    def two_objectives(self) -> TwoObjectiveProblem:
+        """The final loss against log10 of :meth:`parameters`, both minimised, reference point
+        :data:`TABULATED_REFERENCE`; the best hypervolume is that of the whole table's front."""
+        from medtune.search.objectives import hypervolume
+
+        filters = self.values[0]
+        best_per_width = self.final.reshape(len(filters), -1).min(axis=1)
+        points = [(float(loss), math.log10(self.parameters({"filters_log2": f})))
+                  for f, loss in zip(filters, best_per_width)]
+        return TwoObjectiveProblem(
+            name="table",
+            title=f"Tabulated space: final loss against log10 parameters (reference point "
+                  f"{TABULATED_REFERENCE})",
+            space=self.space(),
+            objectives=lambda config: (self.loss(config),
+                                       math.log10(self.parameters(config))),
+            reference=TABULATED_REFERENCE,
+            best_hypervolume=hypervolume(np.asarray(points), TABULATED_REFERENCE),
+        )
 
     def rank(self, final_loss: float) -> int:
         """1 for the best configuration, up to :attr:`size`, from its final loss."""

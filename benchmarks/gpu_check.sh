@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # GPU readiness check, in at most 8 minutes: on a machine with CUDA, the kernel tests' CUDA
 # cases (Triton compiled, never interpreted) and the CUDA benchmark cases, whose figures it
-# writes into BENCHMARKS.md (the section between the benchmarks:cuda markers, GPU named); on a
-# machine without CUDA, a short run of the CPU kernel tests, BENCHMARKS.md left unchanged and
-# the GPU figures reported as still pending.
+# writes into BENCHMARKS.md (the section between the benchmarks:cuda markers, GPU named), then
+# the scans benchmark on CUDA (`python -m benchmarks.scans --device cuda`: the section between
+# the benchmarks:scans-cuda markers; with under MEDTUNE_GPU_SCANS_FULL_SECONDS left, its --quick
+# run instead, written to the logs only; its section is copied into the logs either way); on a
+# machine without CUDA, a short run of the CPU kernel tests (no scans run), BENCHMARKS.md left
+# unchanged and the GPU figures reported as still pending.
 #
 #   bash benchmarks/gpu_check.sh
 #
@@ -15,14 +18,19 @@
 # installed CUDA torch is reused.
 # Settings: MEDTUNE_GPU_CHECK_SECONDS (total budget, default 480), MEDTUNE_GPU_CASES (the
 # benchmark cases, default below), MEDTUNE_GPU_CHECK_LOGS (folder for the logs and a copy of
-# BENCHMARKS.md; default a new temporary folder).
-# Exit status: 0 when every test that ran passed and, with a GPU, the figures were written.
+# BENCHMARKS.md; default a new temporary folder), MEDTUNE_GPU_SCANS_FULL_SECONDS (seconds that
+# must be left for the full scans run, default 240; kept free of the kernel benchmarks is
+# MEDTUNE_GPU_SCANS_RESERVE, default 90 s, enough for the quick run).
+# Exit status: 0 when every test that ran passed and, with a GPU, the figures were written (the
+# scans run: when it started, it finished).
 
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 BUDGET="${MEDTUNE_GPU_CHECK_SECONDS:-480}"
 CASES="${MEDTUNE_GPU_CASES:-glf_stats,glf_loss_sigmoid,glf_loss_softmax,warp3d_80,chol_append_1000}"
+SCANS_FULL="${MEDTUNE_GPU_SCANS_FULL_SECONDS:-240}"
+SCANS_RESERVE="${MEDTUNE_GPU_SCANS_RESERVE:-90}"
 LOGS="${MEDTUNE_GPU_CHECK_LOGS:-$(mktemp -d "${TMPDIR:-/tmp}/medtune-gpu-check.XXXXXX")}"
 VENV="${MEDTUNE_GPU_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/medtune/gpu-check-venv}"
 mkdir -p "$LOGS"
@@ -91,7 +99,8 @@ fi
 
 # --- 3. without a GPU: the CPU kernel tests, briefly ---------------------------------------
 if [ "$DEVICE" != cuda ]; then
-    say "no CUDA device: running the CPU kernel tests (dispatch and glf_stats, torch and C++)"
+    say "no CUDA device: running the CPU kernel tests (dispatch and glf_stats, torch and C++);"
+    say "the scans benchmark on CUDA is not run"
     timeout "$(left)" "$PYTHON" -m pytest -q -rs -p no:cacheprovider \
         tests/kernels/test_dispatch.py tests/kernels/test_glf_stats.py \
         -k "not triton or test_cuda_runs" 2>&1 | tee "$LOGS/cpu-tests.log"
@@ -114,7 +123,7 @@ fi
 say "CUDA kernel tests on $GPU: $(tail -n 1 "$LOGS/cuda-tests.log")"
 
 # --- 5. the CUDA benchmarks, written into BENCHMARKS.md -----------------------------------
-bench_seconds=$(( $(left) - 10 ))
+bench_seconds=$(( $(left) - 10 - SCANS_RESERVE ))
 if [ "$bench_seconds" -lt 60 ]; then
     say "only $bench_seconds s left for the CUDA benchmarks: not started"
     bench_status=124
@@ -125,11 +134,41 @@ else
     bench_status=${PIPESTATUS[0]}
 fi
 if [ "$bench_status" -eq 0 ]; then
-    cp BENCHMARKS.md "$LOGS/BENCHMARKS.md"
-    say "wrote the CUDA section of BENCHMARKS.md ($GPU); copy and logs in $LOGS"
+    say "wrote the CUDA section of BENCHMARKS.md ($GPU); logs in $LOGS"
 else
-    say "the CUDA benchmarks did not finish (status $bench_status): BENCHMARKS.md unchanged,"
+    say "the CUDA benchmarks did not finish (status $bench_status): their section is unchanged,"
     say "GPU figures stay pending"
 fi
-say "done in $((SECONDS - START)) s"
-[ "$test_status" -eq 0 ] && [ "$bench_status" -eq 0 ]
+
+# --- 6. the scans benchmark on CUDA -------------------------------------------------------
+scans_seconds=$(( $(left) - 5 ))
+scans_status=0
+if [ "$scans_seconds" -lt 45 ]; then
+    say "only $scans_seconds s left for the scans benchmark on CUDA: not started (still pending)"
+else
+    if [ "$scans_seconds" -ge "$SCANS_FULL" ]; then
+        scans_args=(--device cuda --output BENCHMARKS.md) scans_file=BENCHMARKS.md
+        say "scans benchmark on CUDA, full, in at most $scans_seconds s"
+    else  # a quick run's numbers say nothing: kept out of BENCHMARKS.md
+        scans_args=(--device cuda --quick --output "$LOGS/scans-cuda-quick.md")
+        scans_file="$LOGS/scans-cuda-quick.md"
+        say "scans benchmark on CUDA, --quick (only $scans_seconds s left), in the logs only"
+    fi
+    env -u TRITON_INTERPRET timeout "$scans_seconds" "$PYTHON" -m benchmarks.scans \
+        "${scans_args[@]}" >"$LOGS/scans-cuda.log" 2>&1
+    scans_status=$?
+    if [ "$scans_status" -eq 0 ]; then
+        sed -n '/<!-- benchmarks:scans-cuda:begin -->/,/<!-- benchmarks:scans-cuda:end -->/p' \
+            "$scans_file" >"$LOGS/scans-cuda-section.md"
+        cat "$LOGS/scans-cuda-section.md"
+        say "scans benchmark on CUDA ($GPU) written to $scans_file; section in" \
+            "$LOGS/scans-cuda-section.md"
+    else
+        tail -n 20 "$LOGS/scans-cuda.log"
+        say "the scans benchmark on CUDA did not finish (status $scans_status; log" \
+            "$LOGS/scans-cuda.log): its section is unchanged"
+    fi
+fi
+cp BENCHMARKS.md "$LOGS/BENCHMARKS.md"
+say "done in $((SECONDS - START)) s; logs and a copy of BENCHMARKS.md in $LOGS"
+[ "$test_status" -eq 0 ] && [ "$bench_status" -eq 0 ] && [ "$scans_status" -eq 0 ]

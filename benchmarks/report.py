@@ -320,12 +320,39 @@ def _earlier_results(previous: str, measured: set[str]) -> tuple[dict, dict]:
     return tables, verdicts
 
 
+def marker(name: str, edge: str) -> str:
+    """The ``begin`` or ``end`` marker of BENCHMARKS.md's section ``name``."""
+    return f"<!-- benchmarks:{name}:{edge} -->"
+
+
+def section_pattern(name: str) -> re.Pattern:
+    """The section ``name``, markers included, in a BENCHMARKS.md text."""
+    return re.compile(re.escape(marker(name, "begin")) + ".*?" + re.escape(marker(name, "end")),
+                      re.DOTALL)
+
+
+def replace_section(previous: str, name: str, section: str, after: tuple[str, ...] = ()) -> str:
+    """``previous`` (a BENCHMARKS.md text, maybe empty) with its section ``name`` replaced by
+    ``section``, or, without one, ``section`` inserted after the first of the sections ``after``
+    that is there, else appended; the rest is kept as it is."""
+    found = section_pattern(name).search(previous)
+    if found:
+        return previous[: found.start()] + section + previous[found.end():]
+    for before in after:
+        anchor = section_pattern(before).search(previous)
+        if anchor:
+            return previous[: anchor.end()] + "\n\n" + section + previous[anchor.end():]
+    if previous:
+        return previous.rstrip("\n") + "\n\n" + section + "\n"
+    return "# medtune benchmarks\n\n" + section + "\n"
+
+
 def _begin(device: str) -> str:
-    return f"<!-- benchmarks:{device}:begin -->"
+    return marker(device, "begin")
 
 
 def _end(device: str) -> str:
-    return f"<!-- benchmarks:{device}:end -->"
+    return marker(device, "end")
 
 
 def write(path: Path, section: Section) -> None:

@@ -2,10 +2,13 @@
 and memory against a plain MONAI training loop with the same network, patch, batch,
 augmentation and loss.
 
-``python -m benchmarks.scans`` writes the scans section of BENCHMARKS.md, between
+``python -m benchmarks.scans`` writes the CPU scans section of BENCHMARKS.md, between
 ``<!-- benchmarks:scans:begin -->`` and ``<!-- benchmarks:scans:end -->`` (placed after the
-search section when it is new; the rest of the file is kept as is). ``--quick`` (tiny data, one
-timed epoch; a smoke test) writes a file only with ``--output``.
+search section when it is new); ``--device cuda`` writes the CUDA scans section, between
+``<!-- benchmarks:scans-cuda:begin -->`` and ``<!-- benchmarks:scans-cuda:end -->`` (placed after
+the CPU scans section when it is new, GPU named). Each run rewrites its own device's section only;
+the rest of the file is kept as is. Without a CUDA device ``--device cuda`` exits with status 2.
+``--quick`` (tiny data, one timed epoch; a smoke test) writes a file only with ``--output``.
 
 Protocol. The sample dataset (:func:`~medtune.plugins.scans.sample.write_sample`) is written to
 a temporary folder and planned on a CPU budget; every side trains the plan's DynUNet
@@ -37,14 +40,27 @@ left out; each side's number is the median over the other rounds.
   plan's patch and batch in a fresh subprocess (after a step on a tiny input has set the
   libraries up), against the plan's estimate and budget.
 
-A full run takes about 6 minutes on one thread.
+On CUDA (``--device cuda``) the plan is made with the device's default budget (80 % of its
+memory, as the task plans there), on a larger sample; every side trains on the GPU with the data
+pipeline in the main process on the CPU (``num_workers=0``, the task's default ``workers``).
+medtune trains as the task does on CUDA: forward under ``torch.autocast`` (float16), the loss on
+the float32 logits, ``GradScaler``. The MONAI peers are written as MONAI's tutorials write mixed
+precision: ``torch.autocast`` around forward and loss, ``GradScaler`` (the loss's softmax and
+cross-entropy run in float32 under autocast either way), so both sides do the same arithmetic.
+Each epoch ends with ``torch.cuda.synchronize()`` before its time is taken. The sliding windows
+run on the GPU under autocast on both sides; the prediction loads the model onto the GPU. Memory
+is ``torch.cuda.max_memory_allocated`` over one training step (the second, so that the
+optimiser's buffers exist) minus the memory allocated before the network was built: as the task
+trains (autocast, GradScaler) and in float32 (the plan's estimate models float32).
+
+A full run takes about 6 minutes on one thread (CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import re
 import shlex
 import shutil
 import statistics
@@ -61,6 +77,7 @@ import numpy as np
 import torch
 
 from benchmarks import machine
+from benchmarks.report import marker, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "BENCHMARKS.md"
@@ -80,7 +97,8 @@ AGREEMENT = 1e-4
 
 @dataclass(frozen=True)
 class Settings:
-    """Sizes of one run; :data:`FULL` by default, :data:`QUICK` with ``--quick``."""
+    """Sizes of one run; :data:`FULL` by default, :data:`QUICK` with ``--quick`` (on CUDA
+    :data:`FULL_CUDA`, :data:`QUICK_CUDA`)."""
 
     cases: int  # training cases of the sample
     size: int  # in-plane voxels per side of the training sample
@@ -88,7 +106,7 @@ class Settings:
     iterations: int  # training iterations per epoch, every side
     rounds: int  # epochs per side, the first a warm-up
     repetitions: int  # timed sliding windows / predictions per side
-    budget_gb: float  # the plan's memory budget
+    budget_gb: float | None  # the plan's memory budget; None: the device's default (CUDA)
     threads: int
 
 
@@ -96,6 +114,10 @@ FULL = Settings(cases=8, size=64, volume_size=128, iterations=8, rounds=6, repet
                 budget_gb=4.0, threads=1)
 QUICK = Settings(cases=4, size=32, volume_size=32, iterations=2, rounds=2, repetitions=1,
                  budget_gb=4.0, threads=1)
+#: On CUDA: a larger sample and more iterations (the GPU's step is short), the device's budget.
+FULL_CUDA = Settings(cases=8, size=128, volume_size=192, iterations=20, rounds=4, repetitions=5,
+                     budget_gb=None, threads=1)
+QUICK_CUDA = replace(QUICK, budget_gb=None)
 
 _START = time.perf_counter()
 
@@ -117,18 +139,21 @@ class Setup:
     cache_seconds: float  # filling medtune's preprocessing cache
 
 
-def task_settings(setup_folder: Path, settings: Settings, **config: Any) -> dict[str, Any]:
-    """The scans task's checked settings for ``config`` (CPU, the benchmark's iterations)."""
+def task_settings(setup_folder: Path, settings: Settings, device: str = "cpu",
+                  **config: Any) -> dict[str, Any]:
+    """The scans task's checked settings for ``config`` (on ``device``, the benchmark's
+    iterations; ``amp`` as the task's default: used on CUDA)."""
     from medtune.plugins.scans.task import ScansTask
     from medtune.tasks.contract import check_settings
 
     config = {"data": str(setup_folder), "folds": 2, "iterations": settings.iterations,
-              "device": "cpu", "oversample_foreground": OVERSAMPLE_FOREGROUND, **config}
+              "device": device, "oversample_foreground": OVERSAMPLE_FOREGROUND, **config}
     return ScansTask().check(check_settings("scans", ScansTask.settings, config))
 
 
 def prepare(folder: Path, settings: Settings) -> Setup:
-    """Write and plan the sample, split it into two folds, fill medtune's cache."""
+    """Write and plan the sample (on ``settings.budget_gb``; None: the device's default budget),
+    split it into two folds, fill medtune's cache."""
     from medtune.plugins.scans.fingerprint import fingerprint
     from medtune.plugins.scans.folds import patient_folds
     from medtune.plugins.scans.plan import make_plan
@@ -189,7 +214,7 @@ def monai_transforms(plan: Any) -> Any:
 class MonaiPeer:
     """A plain MONAI training loop over fold 0's training cases (module docstring)."""
 
-    def __init__(self, setup: Setup, settings: Settings, cached: bool):
+    def __init__(self, setup: Setup, settings: Settings, cached: bool, device: str = "cpu"):
         from monai.data import CacheDataset, DataLoader, Dataset
         from monai.losses import DiceCELoss
 
@@ -214,10 +239,13 @@ class MonaiPeer:
             generator=torch.Generator().manual_seed(SEED))
         self.loader = DataLoader(self.dataset, batch_size=1, sampler=sampler, num_workers=0)
         torch.manual_seed(SEED)
-        self.model = build_network(setup.plan)
+        self.device = torch.device(device)
+        self.amp = self.device.type == "cuda"  # mixed precision as MONAI's tutorials use it
+        self.model = build_network(setup.plan).to(self.device)
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=SGD_MOMENTUM,
                                          nesterov=True, weight_decay=3e-5)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.waiting = 0.0
 
     def epoch(self) -> float:
@@ -234,23 +262,35 @@ class MonaiPeer:
             except StopIteration:
                 break
             self.waiting += time.perf_counter() - asked
+            images, labels = batch["image"].to(self.device), batch["label"].to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss(self.model(batch["image"]), batch["label"])
-            loss.backward()
+            with torch.autocast(self.device.type, enabled=self.amp):
+                loss = self.loss(self.model(images), labels)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRADIENT_NORM)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        _synchronize(self.device)
         return time.perf_counter() - started
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so that a time taken after covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class MedtuneSide:
     """The scans task's own epoch (:meth:`CrossValidation.train_epoch`) on fold 0."""
 
-    def __init__(self, setup: Setup, settings: Settings, **config: Any):
+    def __init__(self, setup: Setup, settings: Settings, device: str = "cpu", **config: Any):
         from medtune.plugins.scans.task import CrossValidation
 
-        self.settings = task_settings(setup.folder, settings, **config)
+        self.settings = task_settings(setup.folder, settings, device, **config)
+        self.device = torch.device(device)
         self.run = CrossValidation(self.settings, setup.plan, setup.folds, setup.cases,
-                                   torch.device("cpu"), SEED, epochs=1)
+                                   self.device, SEED, epochs=1)
         self.number = 0
         self.wait_shares: list[float] = []
 
@@ -263,6 +303,7 @@ class MedtuneSide:
         waiting, stepping = self.run.waiting, self.run.stepping
         started = time.perf_counter()
         self.run.train_epoch(self.run.folds[0], self.number, float(self.settings["lr"]))
+        _synchronize(self.device)
         seconds = time.perf_counter() - started
         self.wait_shares.append((self.run.waiting - waiting) / (self.run.stepping - stepping))
         return seconds
@@ -277,14 +318,16 @@ class Training:
     cache_seconds: dict[str, float]
 
 
-def run_training(setup: Setup, settings: Settings) -> tuple[Training, MedtuneSide]:
-    """The four sides' epochs, alternating round by round; returns the medtune ``dice_ce`` side
-    too (its trained folds serve the sliding window and the prediction)."""
+def run_training(setup: Setup, settings: Settings,
+                 device: str = "cpu") -> tuple[Training, MedtuneSide]:
+    """The four sides' epochs on ``device``, alternating round by round; returns the medtune
+    ``dice_ce`` side too (its trained folds serve the sliding window and the prediction)."""
     sides: dict[str, Any] = {
-        "MONAI Dataset, DiceCE": MonaiPeer(setup, settings, cached=False),
-        "MONAI CacheDataset, DiceCE": MonaiPeer(setup, settings, cached=True),
-        "medtune, dice_ce": MedtuneSide(setup, settings, loss="dice_ce"),
-        "medtune, dice + CE (fused)": MedtuneSide(setup, settings, loss="dice", ce_weight=1.0),
+        "MONAI Dataset, DiceCE": MonaiPeer(setup, settings, cached=False, device=device),
+        "MONAI CacheDataset, DiceCE": MonaiPeer(setup, settings, cached=True, device=device),
+        "medtune, dice_ce": MedtuneSide(setup, settings, device, loss="dice_ce"),
+        "medtune, dice + CE (fused)": MedtuneSide(setup, settings, device, loss="dice",
+                                                  ce_weight=1.0),
     }
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     for round_ in range(settings.rounds):
@@ -318,9 +361,11 @@ class Inference:
     folds: int
 
 
-def run_inference(setup: Setup, settings: Settings, side: MedtuneSide, folder: Path) -> Inference:
+def run_inference(setup: Setup, settings: Settings, side: MedtuneSide, folder: Path,
+                  device: str = "cpu") -> Inference:
     """Sliding window of medtune and MONAI on one preprocessed volume (alternating), then the
-    prediction of that volume through a kept model of the trained folds."""
+    prediction of that volume through a kept model of the trained folds, on ``device`` (CUDA:
+    under autocast on both sides, as the task predicts there)."""
     from monai.data.utils import dense_patch_slices
     from monai.inferers import sliding_window_inference
 
@@ -336,18 +381,19 @@ def run_inference(setup: Setup, settings: Settings, side: MedtuneSide, folder: P
     volume, _ = read_case(case, large)
     image, _ = preprocess(volume, None, plan)
     model = side.model.eval()
-    inputs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    target = torch.device(device)
+    amp = target.type == "cuda"
 
     def through_medtune() -> torch.Tensor:
-        return class_probabilities(model, image, plan, overlap=OVERLAP, device=torch.device("cpu"),
-                                   amp=False)
+        return class_probabilities(model, image, plan, overlap=OVERLAP, device=target, amp=amp)
 
-    def through_monai() -> torch.Tensor:
-        with torch.no_grad():
+    def through_monai() -> torch.Tensor:  # the same steps: copy in, windows, softmax, copy out
+        inputs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(target)
+        with torch.no_grad(), torch.autocast(target.type, enabled=amp):
             logits = sliding_window_inference(inputs, roi_size=plan.patch_size,
                                               sw_batch_size=plan.batch_size, predictor=model,
                                               overlap=OVERLAP, mode="gaussian")
-        return torch.softmax(torch.as_tensor(logits), dim=1)[0]
+        return torch.softmax(torch.as_tensor(logits).float(), dim=1)[0].cpu()
 
     medtune_seconds, monai_seconds, difference = [], [], 0.0
     for repetition in range(settings.repetitions + 1):  # the first pair warms up
@@ -375,7 +421,7 @@ def run_inference(setup: Setup, settings: Settings, side: MedtuneSide, folder: P
     predict_seconds = []
     for repetition in range(settings.repetitions + 1):
         start = time.perf_counter()
-        predict_folder(model_folder, single, output)
+        predict_folder(model_folder, single, output, device=device)
         if repetition:
             predict_seconds.append(time.perf_counter() - start)
     _progress(f"prediction of one volume: {statistics.median(predict_seconds):.2f} s")
@@ -446,6 +492,59 @@ def run_memory(setup: Setup, settings: Settings, folder: Path) -> Memory:
                   int(measured["parameters"]))
 
 
+@dataclass
+class CudaMemory:
+    estimated_gb: float
+    budget_gb: float
+    amp_peak_gb: float  # max_memory_allocated of a step as the task trains (autocast, GradScaler)
+    float32_peak_gb: float  # the same step in float32
+    parameters: int
+    device_gb: float  # the device's memory
+
+
+def run_cuda_memory(setup: Setup) -> CudaMemory:
+    """``torch.cuda.max_memory_allocated`` of one training step at the plan's patch and batch
+    (module docstring), with and without autocast."""
+    from medtune.plugins.scans.network import build_network
+    from medtune.plugins.scans.task import GRADIENT_NORM, SGD_MOMENTUM, build_loss
+
+    plan, device = setup.plan, torch.device("cuda")
+    loss = build_loss({"loss": "dice_ce", "loss_options": {}, "options_by_loss": {},
+                       "ce_weight": 0.0})
+    peaks = {}
+    gc.collect()  # the training sides' networks, optimisers and batches
+    for amp in (True, False):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        torch.manual_seed(SEED)
+        model = build_network(plan).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=SGD_MOMENTUM,
+                                    nesterov=True)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        images = torch.randn(plan.batch_size, len(plan.channels), *plan.patch_size, device=device)
+        labels = torch.randint(0, len(plan.labels), (plan.batch_size, 1, *plan.patch_size),
+                               device=device)
+        for step in range(2):
+            if step:  # the second step: the optimiser's buffers exist, the kernels are chosen
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", enabled=amp):
+                logits = model(images)
+            scaler.scale(loss(logits.float(), labels)).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_NORM)
+            scaler.step(optimizer)
+            scaler.update()
+        torch.cuda.synchronize()
+        peaks[amp] = (torch.cuda.max_memory_allocated() - before) / 2**30
+        parameters = sum(p.numel() for p in model.parameters())
+        del model, optimizer, scaler, images, labels, logits
+    return CudaMemory(plan.estimated_memory_gb, plan.memory_budget_gb, peaks[True], peaks[False],
+                      parameters, torch.cuda.get_device_properties(0).total_memory / 2**30)
+
+
 # -- report -------------------------------------------------------------------------------------
 def _median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
@@ -456,8 +555,10 @@ def _verdict(met: bool) -> str:
 
 
 def render(setup: Setup, settings: Settings, training: Training, inference: Inference,
-           memory: Memory) -> list[str]:
-    """The section's tables and targets (markdown lines)."""
+           memory: Memory | CudaMemory) -> list[str]:
+    """The section's tables and targets (markdown lines); a :class:`CudaMemory` makes it the
+    CUDA section's."""
+    cuda = isinstance(memory, CudaMemory)
     plan = setup.plan
     seconds = {name: _median(values) for name, values in training.seconds.items()}
     timed = len(next(iter(training.seconds.values())))
@@ -466,7 +567,40 @@ def render(setup: Setup, settings: Settings, training: Training, inference: Infe
     wait = _median(training.wait_share["medtune, dice + CE (fused)"])
     wait_dice_ce = _median(training.wait_share["medtune, dice_ce"])
     sliding = _median(inference.medtune_seconds) / _median(inference.monai_seconds)
-    fits = memory.peak_growth_gb <= memory.budget_gb
+    if cuda:
+        fits = max(memory.amp_peak_gb, memory.float32_peak_gb) <= memory.budget_gb
+        memory_lines = [
+            f"| plan's estimate (`estimated_memory_gb`, float32 model) | "
+            f"{memory.estimated_gb:.3f} |",
+            f"| measured on CUDA: `torch.cuda.max_memory_allocated` of one step as the task trains "
+            f"(forward under autocast, DiceCE, backward with GradScaler, SGD) | "
+            f"{memory.amp_peak_gb:.3f} |",
+            f"| the same step in float32 (no autocast) | {memory.float32_peak_gb:.3f} |",
+            f"| parameters | {memory.parameters:,} |",
+            f"| budget (80 % of the device's {memory.device_gb:.0f} GiB) | "
+            f"{memory.budget_gb:.1f} |",
+        ]
+        fit_target = (f"CUDA {memory.amp_peak_gb:.2f} GB with autocast, "
+                      f"{memory.float32_peak_gb:.2f} GB in float32, of {memory.budget_gb:.1f} GB "
+                      f"{_verdict(fits)}; CPU in the CPU scans section.")
+        precision = ("; on CUDA with mixed precision on every side (autocast float16, GradScaler; "
+                     "module docstring)")
+    else:
+        fits = memory.peak_growth_gb <= memory.budget_gb
+        memory_lines = [
+            f"| plan's estimate (`estimated_memory_gb`) | {memory.estimated_gb:.3f} |",
+            f"| measured on CPU: peak RSS growth over two steps (forward, DiceCE, backward, SGD) "
+            f"in a fresh process | {memory.peak_growth_gb:.3f} |",
+            f"| tensors saved by autograd per step (for the activation model) | "
+            f"{memory.saved_gb:.3f} |",
+            f"| parameters | {memory.parameters:,} |",
+            f"| budget | {memory.budget_gb:.1f} |",
+            "| measured on CUDA | in the CUDA scans section (`python -m benchmarks.scans --device "
+            "cuda`; pending until a GPU machine runs it) |",
+        ]
+        fit_target = (f"CPU {memory.peak_growth_gb:.2f} GB of {memory.budget_gb:.1f} GB "
+                      f"{_verdict(fits)}; CUDA in the CUDA scans section (`--device cuda`).")
+        precision = ""
     lines = [
         "### Data and plan", "",
         "| | |", "|---|---|",
@@ -477,7 +611,7 @@ def render(setup: Setup, settings: Settings, training: Training, inference: Infe
         f"{' x '.join(map(str, plan.patch_size))}, batch {plan.batch_size}, filters "
         f"{', '.join(map(str, plan.filters))}, budget {plan.memory_budget_gb:.1f} GB |",
         f"| epoch | {settings.iterations} iterations; {settings.rounds} rounds of the four "
-        f"sides alternating, the first a warm-up; medians over the other {timed} |",
+        f"sides alternating, the first a warm-up; medians over the other {timed}{precision} |",
         f"| preprocessing before the epochs | medtune cache "
         f"{training.cache_seconds['medtune preprocessing cache']:.1f} s (read, normalise, "
         f"resample, write .npz), MONAI CacheDataset "
@@ -512,14 +646,7 @@ def render(setup: Setup, settings: Settings, training: Training, inference: Infe
         "",
         "### Memory of one training step", "",
         "| | GB |", "|---|---:|",
-        f"| plan's estimate (`estimated_memory_gb`) | {memory.estimated_gb:.3f} |",
-        f"| measured on CPU: peak RSS growth over two steps (forward, DiceCE, backward, SGD) in a "
-        f"fresh process | {memory.peak_growth_gb:.3f} |",
-        f"| tensors saved by autograd per step (for the activation model) | "
-        f"{memory.saved_gb:.3f} |",
-        f"| parameters | {memory.parameters:,} |",
-        f"| budget | {memory.budget_gb:.1f} |",
-        f"| measured on CUDA | pending (no GPU on this machine) |",
+        *memory_lines,
         "",
         "### Targets", "",
         f"- never slower than plain MONAI (≥ {TARGET_NEVER_SLOWER:.1f}×): medtune dice_ce "
@@ -537,27 +664,25 @@ def render(setup: Setup, settings: Settings, training: Training, inference: Infe
         f"- sliding window at parity with MONAI (time ratio ≤ {PARITY:.2f}, outputs within "
         f"{AGREEMENT:.0e}): {sliding:.2f}×, {inference.max_difference:.1e} "
         f"{_verdict(sliding <= PARITY and inference.max_difference <= AGREEMENT)}.",
-        f"- the plan's patch and batch fit its budget: CPU {memory.peak_growth_gb:.2f} GB of "
-        f"{memory.budget_gb:.1f} GB {_verdict(fits)}; CUDA pending.",
+        f"- the plan's patch and batch fit its budget: {fit_target}",
     ]
     return lines
 
 
-def _marker(edge: str) -> str:
-    return f"<!-- benchmarks:{SECTION}:{edge} -->"
-
-
-def _pattern(name: str) -> re.Pattern:
-    return re.compile(re.escape(f"<!-- benchmarks:{name}:begin -->") + ".*?"
-                      + re.escape(f"<!-- benchmarks:{name}:end -->"), re.DOTALL)
+def section_name(device: str) -> str:
+    """The markers' name of ``device``'s scans section: ``scans`` (CPU), ``scans-cuda``."""
+    return SECTION if device == "cpu" else f"{SECTION}-{device}"
 
 
 def render_section(machine_rows: Sequence[tuple[str, str]], lines: Sequence[str], quick: bool,
-                   measured: str) -> str:
-    """The whole scans section, between its markers."""
+                   measured: str, device: str = "cpu") -> str:
+    """The whole scans section of ``device`` (``cpu`` or ``cuda``), between its markers."""
+    name = section_name(device)
+    rows = dict(machine_rows)
+    where = f"CUDA, {rows['GPU']}" if device == "cuda" and "GPU" in rows else device.upper()
     header = [
-        _marker("begin"),
-        "## Scans task: training epoch, sliding window, memory (CPU)",
+        marker(name, "begin"),
+        f"## Scans task: training epoch, sliding window, memory ({where})",
         "",
         "Written by `python -m benchmarks.scans` (options: `--help`; protocol in its docstring); "
         "rerun it instead of editing.",
@@ -567,24 +692,17 @@ def render_section(machine_rows: Sequence[tuple[str, str]], lines: Sequence[str]
         header += ["**Quick run** (`--quick`): tiny data and one timed epoch, for smoke tests; "
                    "the numbers say nothing.", ""]
     header += ["| | |", "|---|---|", *(f"| {item} | {value} |" for item, value in machine_rows), ""]
-    return "\n".join([*header, *lines, "", measured, _marker("end")])
+    return "\n".join([*header, *lines, "", measured, marker(name, "end")])
 
 
-def write(path: Path, section: str) -> None:
-    """Replace the scans section of ``path``, or insert it after the search section (else at the
-    end); the rest of the file is kept as is."""
+def write(path: Path, section: str, name: str = SECTION) -> None:
+    """Replace the section ``name`` of ``path`` (``scans``: CPU, ``scans-cuda``: CUDA), or insert
+    it after the scans sections before it (``scans-cuda`` after ``scans``), else after the search
+    section, else at the end; the rest of the file, the other device's section included, is kept
+    as is."""
     previous = path.read_text() if path.exists() else ""
-    found = _pattern(SECTION).search(previous)
-    after = _pattern(AFTER).search(previous)
-    if found:
-        text = previous[: found.start()] + section + previous[found.end():]
-    elif after:
-        text = previous[: after.end()] + "\n\n" + section + previous[after.end():]
-    elif previous:
-        text = previous.rstrip("\n") + "\n\n" + section + "\n"
-    else:
-        text = "# medtune benchmarks\n\n" + section + "\n"
-    path.write_text(text)
+    after = (*([SECTION] if name != SECTION else []), AFTER)
+    path.write_text(replace_section(previous, name, section, after))
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -598,9 +716,20 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.sc
                         f"{DEFAULT_OUTPUT}, except with --quick)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default 1: steadier on a shared machine)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where every side trains and predicts (default cpu); cuda writes "
+                        "the CUDA scans section and needs a CUDA device (else exit status 2)")
     arguments = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(arguments)
-    settings = QUICK if args.quick else FULL
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print(f"{prog}: --device cuda: torch {torch.__version__} sees no CUDA device here",
+              file=sys.stderr)
+        return 2
+    if device == "cuda":
+        settings = QUICK_CUDA if args.quick else FULL_CUDA
+    else:
+        settings = QUICK if args.quick else FULL
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be at least 1, got {args.threads}")
@@ -611,17 +740,24 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.sc
     foreign = machine.ForeignLoad()
     start = time.perf_counter()
     try:
-        machine_rows = machine.describe("cpu", command, ROOT, settings.threads)
+        machine_rows = machine.describe(device, command, ROOT, settings.threads)
         with tempfile.TemporaryDirectory(prefix="medtune-scans-bench-") as temporary:
             folder = Path(temporary)
             setup = prepare(folder, settings)
             _progress(f"sample written and planned: patch {setup.plan.patch_size}, batch "
                       f"{setup.plan.batch_size}")
-            training, side = run_training(setup, settings)
-            inference = run_inference(setup, settings, side, folder)
-            memory = run_memory(setup, settings, folder)
-            _progress(f"memory: {memory.peak_growth_gb:.3f} GB peak growth, estimate "
-                      f"{memory.estimated_gb:.3f} GB")
+            training, side = run_training(setup, settings, device)
+            inference = run_inference(setup, settings, side, folder, device)
+            if device == "cuda":
+                del side  # its networks leave the GPU before the memory is measured
+                memory: Memory | CudaMemory = run_cuda_memory(setup)
+                _progress(f"memory: {memory.amp_peak_gb:.3f} GB peak (autocast), "
+                          f"{memory.float32_peak_gb:.3f} GB (float32), estimate "
+                          f"{memory.estimated_gb:.3f} GB")
+            else:
+                memory = run_memory(setup, settings, folder)
+                _progress(f"memory: {memory.peak_growth_gb:.3f} GB peak growth, estimate "
+                          f"{memory.estimated_gb:.3f} GB")
     finally:
         torch.set_num_threads(threads)  # main() may run inside another program (tests)
     machine_rows.append(("load average at end (1, 5, 15 min)", machine.load_average()))
@@ -629,10 +765,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m benchmarks.sc
     measured = (f"Measured by `{command}` on {dict(machine_rows)['date']} in "
                 f"{time.perf_counter() - start:.0f} s.")
     section = render_section(machine_rows, render(setup, settings, training, inference, memory),
-                             args.quick, measured)
+                             args.quick, measured, device)
     output = args.output if args.output is not None else (None if args.quick else DEFAULT_OUTPUT)
     if output is not None:
-        write(output, section)
+        write(output, section, section_name(device))
         _progress(f"wrote {output}")
     print(section)
     return 0

@@ -1,9 +1,9 @@
 """Search benchmarks: suggestion latency and search quality of medtune's searchers against Optuna.
 
-One module over 600 lines on purpose: its three parts share the problems, the seeds, the
+One module over 600 lines on purpose: its five parts share the problems, the seeds, the
 Optuna set-up and the BENCHMARKS.md section, and read best as one protocol.
 
-``python -m benchmarks.search`` runs three parts and writes them into BENCHMARKS.md, between
+``python -m benchmarks.search`` runs five parts and writes them into BENCHMARKS.md, between
 ``<!-- benchmarks:search:begin -->`` and ``<!-- benchmarks:search:end -->`` (the kernel
 sections are left alone; a part not run this time keeps its previous tables):
 
@@ -16,21 +16,29 @@ sections are left alone; a part not run this time keeps its previous tables):
 - ``finite``: a tabulated space of 34,300 configurations (:class:`TabulatedProblem`):
   evaluations until the best / a top-1 % configuration is found by full-budget searchers, and
   total resource (epochs) until a top-1 % configuration is trained at the full budget by
-  ``hyperband`` and ``bohb``.
+  ``hyperband`` and ``bohb``;
+- ``pruning``: the same table under 4 asynchronous workers, on a simulated clock where one
+  epoch of one trial takes one time unit: synchronous Hyperband (workers idle at its rung
+  barriers) against random search with the ``asha`` pruner (no barrier), and random search
+  with the ``median`` pruner against random search without pruning; time until a top-1 %
+  configuration is trained at the full budget, best final loss at equal time, idle share;
+- ``pareto``: hypervolume after N evaluations of two-objective problems (ZDT1, and the
+  table's final loss against its parameter count) for medtune ``random``, ``evolution``
+  (NSGA-II) and ``bayes`` (ParEGO) and Optuna's ``NSGAIISampler`` and ``TPESampler``.
 
 Searchers that are not registered (``medtune.available("searcher")``) and peers that are not
 installed get "not available" / "not installed" in the tables instead of numbers. ``--quick``
 (few seeds, small budgets, the GP searchers only in the latency part; a smoke test) writes a
-file only with ``--output``. A full run takes about 35 minutes on two cores.
+file only with ``--output``. A full run takes about 50 minutes on two cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import importlib.util
 import inspect
 import math
-import re
 import shlex
 import statistics
 import sys
@@ -48,19 +56,29 @@ import torch
 
 import medtune
 from benchmarks import machine
-from benchmarks.functions import BRANIN, HARTMANN6, Problem, TabulatedProblem
-from benchmarks.report import format_ms
+from benchmarks.functions import (
+    BRANIN,
+    HARTMANN6,
+    ZDT1,
+    Problem,
+    TabulatedProblem,
+    TwoObjectiveProblem,
+)
+from benchmarks.report import format_ms, marker, replace_section, section_pattern
 from medtune.plugins.searchers.hyperband import bracket_plan
+from medtune.pruners import History
+from medtune.search.objectives import Objectives, hypervolume
 from medtune.search.space import Categorical, Float, Int, Ordinal, SearchSpace
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "BENCHMARKS.md"
 SECTION = "search"
-PARTS = ("latency", "quality", "finite")
+PARTS = ("latency", "quality", "finite", "pruning", "pareto")
 TARGETS = (0.01, 0.001)  # relative distance to the minimum: |f - f*| <= target |f*|
 R = 27  # full budget (epochs) of the multi-fidelity benchmark
 ETA = 3
 TABLE_SEED = 0  # seed of the tabulated losses (the searchers' seeds are 0 .. seeds - 1)
+WORKERS = 4  # asynchronous workers of the pruning part
 
 NOT_INSTALLED = "not installed"
 NOT_AVAILABLE = "not available"
@@ -83,17 +101,20 @@ class Settings:
     iterations: int  # Hyperband iterations of the multi-fidelity benchmark
     model_based: bool  # run the GP searchers (bayes, bohb, GPSampler) outside the latency part
     threads: int | None  # torch threads (None: torch's choice)
+    horizon: float  # simulated time of each run of the pruning part (one epoch: one unit)
+    pareto_seeds: int
+    pareto_budgets: tuple[int, ...]  # evaluations at which the pareto part reads hypervolumes
 
 
 FULL = Settings(
     seeds=20, latency_sizes=(100, 300, 1000, 2000), latency_repetitions=7, optuna_repetitions=3,
     max_optuna_n=None, branin_budget=60, hartmann_budget=150, finite_budget=300, iterations=4,
-    model_based=True, threads=None,
+    model_based=True, threads=None, horizon=1000, pareto_seeds=10, pareto_budgets=(60, 120),
 )
 QUICK = Settings(
     seeds=2, latency_sizes=(20, 50), latency_repetitions=2, optuna_repetitions=2,
     max_optuna_n=None, branin_budget=30, hartmann_budget=30, finite_budget=40, iterations=1,
-    model_based=False, threads=1,
+    model_based=False, threads=1, horizon=120, pareto_seeds=2, pareto_budgets=(10, 20),
 )
 
 _START = time.perf_counter()
@@ -657,6 +678,319 @@ def run_finite(settings: Settings) -> FiniteResult:
                         correlations, full, multi)
 
 
+# -- part (d): pruning with asynchronous workers, on a simulated clock ------------------------
+@dataclass
+class SimulatedRun:
+    """One simulated search by :data:`WORKERS` workers up to the horizon: when a top-1 %
+    configuration was first trained at R, the final losses trained at R with their times, and
+    the worker time spent training."""
+
+    time_to_top: float | None
+    finals: list[tuple[float, float]]  # (simulated time, final loss) of each trial trained at R
+    busy: float  # worker time spent training, up to the horizon
+    trials: int
+    pruned: int
+
+    def best_by(self, time: float) -> float:
+        """The best final loss trained at R by ``time`` (inf: none)."""
+        return min((loss for at, loss in self.finals if at <= time), default=math.inf)
+
+
+class _Workers:
+    """The simulated clock: jobs run on :data:`WORKERS` workers, each taking its duration in
+    time units; events (a job's end, or a trial's end of epoch) are handled in time order,
+    ties in start order."""
+
+    def __init__(self, horizon: float) -> None:
+        self.horizon = horizon
+        self.now = 0.0
+        self.free = WORKERS
+        self.busy = 0.0
+        self._events: list[tuple[float, int, Any]] = []
+        self._order = 0
+
+    def start(self, duration: float, job: Any) -> None:
+        """Occupy a free worker with ``job`` for ``duration`` time units."""
+        self.free -= 1
+        self.at(self.now + duration, job)
+
+    def at(self, time: float, job: Any) -> None:
+        """The busy worker running ``job`` reaches its next event at ``time``."""
+        self.busy += min(time, self.horizon) - min(self.now, self.horizon)
+        heapq.heappush(self._events, (time, self._order, job))
+        self._order += 1
+
+    def next(self) -> Any | None:
+        """The next event's job (the clock moves to it), or None past the horizon."""
+        if not self._events or self._events[0][0] > self.horizon:
+            return None
+        self.now, _, job = heapq.heappop(self._events)
+        return job
+
+
+def _trained(run: SimulatedRun, table: TabulatedProblem, time: float, loss: float) -> None:
+    run.finals.append((time, loss))
+    if run.time_to_top is None and loss <= table.top_percent_loss:
+        run.time_to_top = time
+
+
+def simulate_hyperband(table: TabulatedProblem, seed: int, horizon: float, *,
+                       overlap_brackets: bool, resume: bool) -> SimulatedRun:
+    """medtune's ``hyperband`` (random proposals, R, eta) driven by the workers: a free worker
+    asks; when ``ask()`` returns None (a rung waits for its results) it stays idle until the
+    next result. An evaluation at resource r takes r time units, or r minus the resource of the
+    evaluation it was promoted from with ``resume`` (training continued from a checkpoint)."""
+    searcher = _searcher_factory("hyperband")(
+        space=table.space(), seed=seed, direction="minimize", R=R, eta=ETA, iterations=None,
+        overlap_brackets=overlap_brackets)
+    workers = _Workers(horizon)
+    run = SimulatedRun(None, [], 0.0, 0, 0)
+    resources: dict[int, float] = {}
+    while True:
+        while workers.free and not searcher.finished:
+            suggestion = searcher.ask()
+            if suggestion is None:
+                break
+            resource = R if suggestion.resource is None else suggestion.resource
+            resources[suggestion.id] = resource
+            before = resources.get(suggestion.tag.get("promoted_from"), 0.0) if resume else 0.0
+            workers.start(resource - before, suggestion)
+            run.trials += 1
+        suggestion = workers.next()
+        if suggestion is None:
+            break
+        workers.free += 1
+        resource = resources[suggestion.id]
+        value = table.loss(suggestion.config, resource)
+        searcher.tell(suggestion, value)
+        if resource >= R:
+            _trained(run, table, workers.now, value)
+    run.busy = workers.busy
+    return run
+
+
+def simulate_pruned(table: TabulatedProblem, seed: int, horizon: float,
+                    pruner: tuple[str, Mapping[str, Any]] | None) -> SimulatedRun:
+    """medtune's ``random`` searcher with a pruner (name, options; None: no pruning) driven by
+    the workers: each trial trains epoch by epoch up to R, reporting its loss after each epoch
+    (one time unit); the pruner judges each report before R against every report so far
+    (:class:`medtune.pruners.History`), and a pruned trial's worker asks for the next."""
+    searcher = _searcher_factory("random")(space=table.space(), seed=seed, direction="minimize")
+    rule = None if pruner is None else medtune.create("pruner", pruner[0], direction="minimize",
+                                                      **pruner[1])
+    history = History()
+    workers = _Workers(horizon)
+    run = SimulatedRun(None, [], 0.0, 0, 0)
+    steps: dict[int, int] = {}
+    while True:
+        while workers.free and not searcher.finished:
+            suggestion = searcher.ask()
+            steps[suggestion.id] = 0
+            workers.start(1, suggestion)
+            run.trials += 1
+        suggestion = workers.next()
+        if suggestion is None:
+            break
+        step = steps[suggestion.id] = steps[suggestion.id] + 1
+        value = table.loss(suggestion.config, step)
+        history.record(suggestion.id, step, value)
+        if step >= R:
+            history.complete(suggestion.id)
+            _trained(run, table, workers.now, value)
+        elif rule is None or rule.should_prune(suggestion.id, step, value, history) is None:
+            workers.at(workers.now + 1, suggestion)
+            continue
+        else:
+            run.pruned += 1
+        searcher.tell(suggestion, value)  # a pruned trial is told its last value, as in a study
+        workers.free += 1
+    run.busy = workers.busy
+    return run
+
+
+#: (label, simulate(table, seed, horizon)) of the pruning part's methods, in table order
+PRUNING_METHODS: tuple[tuple[str, Callable[[TabulatedProblem, int, float], SimulatedRun]], ...] = (
+    ("hyperband, synchronous brackets (overlap_brackets = false), retrain",
+     lambda t, s, h: simulate_hyperband(t, s, h, overlap_brackets=False, resume=False)),
+    ("hyperband, synchronous brackets, resume promoted trials",
+     lambda t, s, h: simulate_hyperband(t, s, h, overlap_brackets=False, resume=True)),
+    ("hyperband, overlapping brackets (default), retrain",
+     lambda t, s, h: simulate_hyperband(t, s, h, overlap_brackets=True, resume=False)),
+    ("random + asha pruner (min_resource = 1, eta = 3)",
+     lambda t, s, h: simulate_pruned(t, s, h, ("asha", {"min_resource": 1, "eta": ETA}))),
+    ("random + median pruner (n_startup_trials = 5)",
+     lambda t, s, h: simulate_pruned(t, s, h, ("median", {"n_startup_trials": 5}))),
+    ("random + median pruner (n_startup_trials = 5, n_warmup_steps = 9)",
+     lambda t, s, h: simulate_pruned(t, s, h, ("median", {"n_startup_trials": 5,
+                                                         "n_warmup_steps": 9}))),
+    ("random, no pruning", lambda t, s, h: simulate_pruned(t, s, h, None)),
+)
+
+
+@dataclass
+class PruningResult:
+    table: TabulatedProblem
+    seeds: int
+    horizon: float
+    checkpoints: tuple[float, ...]
+    runs: dict[str, list[SimulatedRun] | str]  # label -> runs, or why none
+
+
+def run_pruning(settings: Settings) -> PruningResult:
+    table = TabulatedProblem(seed=TABLE_SEED, R=R)
+    runs: dict[str, list[SimulatedRun] | str] = {}
+    names = _searcher_names()
+    for label, simulate in PRUNING_METHODS:
+        needed = "hyperband" if label.startswith("hyperband") else "random"
+        if needed not in names:
+            runs[label] = NOT_AVAILABLE
+            continue
+        runs[label] = []
+        for seed in range(settings.seeds):
+            start = time.perf_counter()
+            try:
+                run = simulate(table, seed, settings.horizon)
+            except Exception as exc:
+                traceback.print_exc()
+                runs[label] = f"failed: {type(exc).__name__}: {exc}"
+                break
+            runs[label].append(run)
+            top = "never" if run.time_to_top is None else f"{run.time_to_top:g}"
+            _progress(f"pruning: {label}, seed {seed + 1}/{settings.seeds}: top 1 % at R at "
+                      f"time {top}, {run.trials} trials, {run.pruned} pruned "
+                      f"({time.perf_counter() - start:.1f} s)")
+    checkpoints = tuple(settings.horizon * f for f in (0.125, 0.25, 0.5, 1.0))
+    return PruningResult(table, settings.seeds, settings.horizon, checkpoints, runs)
+
+
+# -- part (e): two objectives, hypervolume after N evaluations --------------------------------
+TWO_OBJECTIVES = Objectives(("first", "second"), ("minimize", "minimize"))
+
+
+def run_medtune_pareto(name: str, problem: TwoObjectiveProblem, seed: int, budget: int,
+                       options: Mapping[str, Any]) -> list[tuple[float, float]]:
+    """``budget`` evaluations of a medtune searcher told both objectives, ask then tell."""
+    searcher = _searcher_factory(name)(space=problem.space, seed=seed, objectives=TWO_OBJECTIVES,
+                                       **options)
+    points: list[tuple[float, float]] = []
+    while len(points) < budget and not searcher.finished:
+        suggestion = searcher.ask()
+        if suggestion is None:
+            raise RuntimeError(f"{name}: ask() returned None with nothing pending")
+        point = problem.objectives(suggestion.config)
+        searcher.tell(suggestion, point)
+        points.append(point)
+    return points
+
+
+def run_optuna_pareto(sampler: Any, problem: TwoObjectiveProblem,
+                      budget: int) -> list[tuple[float, float]]:
+    """``budget`` trials of an Optuna sampler on a two-direction study, ask then tell."""
+    optuna = _optuna()
+    distributions, to_config = _optuna_space(SearchSpace.from_dict(problem.space))
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    points: list[tuple[float, float]] = []
+    while len(points) < budget:
+        trial = study.ask(distributions)
+        point = problem.objectives(to_config(trial.params))
+        study.tell(trial, list(point))
+        points.append(point)
+    return points
+
+
+@dataclass(frozen=True)
+class ParetoMethod:
+    """``run(problem, seed, budget) -> points``, or ``missing`` saying why it cannot run."""
+
+    label: str
+    run: Callable[[TwoObjectiveProblem, int, int], list[tuple[float, float]]] | None
+    missing: str | None = None
+
+
+def _pareto_methods(settings: Settings, budget: int) -> list[ParetoMethod]:
+    names = _searcher_names()
+    medtune_runs = (
+        ("medtune random", "random", {}),
+        ("medtune evolution (NSGA-II, population 20)", "evolution",
+         {"algorithm": "nsga2", "population": 20, "budget": budget}),
+        ("medtune bayes (ParEGO)", "bayes", {}),
+    )
+    methods = []
+    for label, name, options in medtune_runs:
+        if name not in names:
+            methods.append(ParetoMethod(label, None, NOT_AVAILABLE))
+        elif name == "bayes" and not settings.model_based:
+            methods.append(ParetoMethod(label, None, QUICK_SKIP))
+        else:
+            methods.append(ParetoMethod(label, lambda problem, seed, budget, name=name,
+                                        options=options: run_medtune_pareto(
+                                            name, problem, seed, budget, options)))
+    optuna = _optuna()
+    optuna_runs = (
+        ("Optuna NSGAIISampler (population 50, its default)", "NSGAIISampler", {}),
+        ("Optuna NSGAIISampler (population 20)", "NSGAIISampler", {"population_size": 20}),
+        ("Optuna TPESampler", "TPESampler", {}),
+    )
+    for label, sampler, options in optuna_runs:
+        if optuna is None:
+            methods.append(ParetoMethod(label, None, NOT_INSTALLED))
+            continue
+        methods.append(ParetoMethod(label, lambda problem, seed, budget, sampler=sampler,
+                                    options=options: run_optuna_pareto(
+                                        getattr(optuna.samplers, sampler)(seed=seed, **options),
+                                        problem, budget)))
+    return methods
+
+
+@dataclass
+class ParetoOutcome:
+    label: str
+    hypervolumes: list[list[float]] = field(default_factory=list)  # per seed, per budget
+    seconds: list[float] = field(default_factory=list)  # per seed: search time / evaluation
+    problem: str | None = None
+
+
+@dataclass
+class ParetoResult:
+    problem: TwoObjectiveProblem
+    budgets: tuple[int, ...]
+    seeds: int
+    outcomes: list[ParetoOutcome]
+
+
+def run_pareto(settings: Settings) -> list[ParetoResult]:
+    table = TabulatedProblem(seed=TABLE_SEED, R=R)
+    budget = max(settings.pareto_budgets)
+    results = []
+    for problem in (ZDT1, table.two_objectives()):
+        outcomes = []
+        for method in _pareto_methods(settings, budget):
+            outcome = ParetoOutcome(method.label, problem=method.missing)
+            outcomes.append(outcome)
+            if method.run is None:
+                continue
+            for seed in range(settings.pareto_seeds):
+                start = time.perf_counter()
+                try:
+                    points = method.run(problem, seed, budget)
+                except Exception as exc:
+                    traceback.print_exc()
+                    outcome.problem = f"failed: {type(exc).__name__}: {exc}"
+                    outcome.hypervolumes = []
+                    break
+                elapsed = time.perf_counter() - start
+                volumes = [hypervolume(np.asarray(points[:n]), problem.reference)
+                           for n in settings.pareto_budgets]
+                outcome.hypervolumes.append(volumes)
+                outcome.seconds.append(elapsed / len(points))
+                _progress(f"pareto: {problem.name}, {method.label}, seed {seed + 1}/"
+                          f"{settings.pareto_seeds}: hypervolume {volumes[-1]:.4g} after "
+                          f"{budget} ({elapsed:.1f} s)")
+        results.append(ParetoResult(problem, settings.pareto_budgets, settings.pareto_seeds,
+                                    outcomes))
+    return results
+
+
 # -- markdown ---------------------------------------------------------------------------------
 def _number(value: float) -> str:
     return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
@@ -848,6 +1182,140 @@ def render_finite(result: FiniteResult) -> list[str]:
     return lines
 
 
+def _rank_cell(table: TabulatedProblem, bests: Sequence[float]) -> str:
+    """``median / worst`` rank of the best losses; ``none`` where no trial was trained at R."""
+    ranks = [math.inf if math.isinf(best) else table.rank(best) for best in bests]
+
+    def text(rank: float) -> str:
+        return "none" if math.isinf(rank) else _number(rank)
+
+    return f"{text(statistics.median(ranks))} / {text(max(ranks))}"
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> str:
+    if numerator is None or denominator is None or not denominator or math.isinf(numerator) \
+            or math.isinf(denominator):
+        return "n/a"
+    return f"{numerator / denominator:.2f}×"
+
+
+def render_pruning(result: PruningResult) -> list[str]:
+    table = result.table
+    lines = [
+        f"### Pruning with {WORKERS} asynchronous workers (simulated clock)",
+        "",
+        f"The table above (R = {R}), searched by {WORKERS} workers on a simulated clock: one "
+        "epoch of one trial takes one time unit, whatever the configuration, and asking, "
+        "telling and judging take none. The real searchers and pruners run through their "
+        "public APIs (`ask`/`tell`, `Pruner.should_prune` on a `medtune.pruners.History` of "
+        "every report so far, in time order); a free worker asks at once. Hyperband (random "
+        f"proposals, eta = {ETA}): an evaluation at resource r takes r time units (\"retrain\", "
+        "as medtune's study runner trains a promoted configuration again), or r minus the "
+        "resource it was promoted from (\"resume\", training continued from a checkpoint); "
+        "when `ask()` returns None (a rung waits for its results and, with synchronous "
+        "brackets, the next bracket waits for the current one) the worker idles until the next "
+        "result. With a pruner, each trial of the random searcher trains epoch by epoch up to "
+        "R and reports its loss after each epoch; a pruned trial's worker asks for the next "
+        f"configuration at once. Each run lasts {result.horizon:g} time units "
+        f"({WORKERS * result.horizon:g} worker-epochs), {_plural(result.seeds, 'seed')} "
+        "(the searchers' seeds; the table is the same). \"Time to top 1 %\": time until a "
+        f"top-1 % configuration (final loss <= {table.top_percent_loss:.4f}) was trained at R, "
+        "median / worst over the seeds. \"Best rank by t\": rank (1 = best of "
+        f"{table.size:,}) of the best configuration trained at R by time t, median / worst "
+        f"(\"none\": no trial trained at R yet); every row has {WORKERS} workers, so equal time "
+        "is equal worker time, and for the rows that never idle equal epochs. Idle share: "
+        "worker time not training over the run, median.",
+        "",
+    ]
+    header = ["method", "time to top 1 %: median", "worst", "seeds"]
+    header += [f"best rank by t = {c:g}" for c in result.checkpoints]
+    header += ["idle share", "trials (median)", "pruned (median)"]
+    rows = []
+    medians: dict[str, float | None] = {}
+    for label, runs in result.runs.items():
+        if isinstance(runs, str):
+            rows.append(_unmeasured(label, runs, len(header)))
+            medians[label] = None
+            continue
+        times = [math.inf if r.time_to_top is None else r.time_to_top for r in runs]
+        medians[label] = statistics.median(times)
+        cells = [label, *_summary([r.time_to_top for r in runs], result.horizon)]
+        cells += [_rank_cell(table, [r.best_by(c) for r in runs]) for c in result.checkpoints]
+        idle = statistics.median(1 - r.busy / (WORKERS * result.horizon) for r in runs)
+        cells += [f"{100 * idle:.1f} %", _number(statistics.median(r.trials for r in runs)),
+                  _number(statistics.median(r.pruned for r in runs))]
+        rows.append(cells)
+    lines += _table(header, rows)
+    labels = [label for label, _ in PRUNING_METHODS]
+    sync, asha, median, none = labels[0], labels[3], labels[4], labels[-1]
+    lines += ["", "Targets:", ""]
+    lines.append(f"- ASHA against synchronous Hyperband (retrain), median time to a top-1 % "
+                 f"configuration at R: {_ratio(medians.get(asha), medians.get(sync))} "
+                 f"(against \"resume\": {_ratio(medians.get(asha), medians.get(labels[1]))}).")
+    median_runs, none_runs = result.runs.get(median), result.runs.get(none)
+    if isinstance(median_runs, list) and isinstance(none_runs, list):
+        for checkpoint in result.checkpoints:
+            pruned = [r.best_by(checkpoint) for r in median_runs]
+            plain = [r.best_by(checkpoint) for r in none_runs]
+            better = sum(a < b for a, b in zip(pruned, plain))
+            ties = sum(a == b for a, b in zip(pruned, plain))
+            lines.append(
+                f"- Median pruning (n_startup_trials = 5) against no pruning, best final loss "
+                f"by t = {checkpoint:g} ({WORKERS * checkpoint:g} epochs each), median "
+                f"{_loss(statistics.median(pruned))} against {_loss(statistics.median(plain))}; "
+                f"lower with pruning on {better} of {len(pruned)} seeds (same seed, "
+                f"{ties} ties).")
+    return lines
+
+
+def _loss(value: float) -> str:
+    return "none" if math.isinf(value) else f"{value:.4f}"
+
+
+def render_pareto(results: list[ParetoResult]) -> list[str]:
+    lines = [
+        "### Two objectives: hypervolume after N evaluations",
+        "",
+        "Each method minimises both objectives from seeds 0 .. seeds - 1 for the largest N, "
+        "ask then tell, one evaluation at a time; the hypervolume (`medtune.search.objectives."
+        "hypervolume`, exact) of the first N points w.r.t. the fixed reference point is read at "
+        "each N. Median (and lowest) over the seeds, the median as a percentage of the best "
+        "hypervolume any set of points reaches (the true front's), and the median against "
+        "Optuna's NSGAIISampler with its default population (the target: at least 1.00×). "
+        "Optuna gets ordinal parameters as integer indices. Time: search time per evaluation "
+        "(ask + tell + the cheap objective), median over the seeds.",
+    ]
+    for result in results:
+        problem = result.problem
+        lines += ["", f"#### {problem.title}", "",
+                  f"Best hypervolume {problem.best_hypervolume:.4g}; "
+                  f"{_plural(result.seeds, 'seed')}.", ""]
+        header = ["method"]
+        for n in result.budgets:
+            header += [f"after {n}: median (lowest)", f"after {n}: % of best",
+                       f"after {n}: vs Optuna NSGA-II"]
+        header.append("ms per evaluation")
+        reference = next((o for o in result.outcomes if o.label.startswith(
+            "Optuna NSGAIISampler (population 50") and not o.problem), None)
+        rows = []
+        for outcome in result.outcomes:
+            if outcome.problem:
+                rows.append(_unmeasured(outcome.label, outcome.problem, len(header)))
+                continue
+            cells = [outcome.label]
+            for position, _ in enumerate(result.budgets):
+                volumes = [v[position] for v in outcome.hypervolumes]
+                median = statistics.median(volumes)
+                cells += [f"{median:.4g} ({min(volumes):.4g})",
+                          f"{100 * median / problem.best_hypervolume:.1f} %"]
+                cells.append("n/a" if reference is None else _ratio(
+                    median, statistics.median(v[position] for v in reference.hypervolumes)))
+            cells.append(format_ms(1e3 * statistics.median(outcome.seconds)))
+            rows.append(cells)
+        lines += _table(header, rows)
+    return lines
+
+
 def _machine_rows(command: str, threads: int | None) -> list[tuple[str, str]]:
     from medtune.kernels import select
 
@@ -865,24 +1333,20 @@ def _machine_rows(command: str, threads: int | None) -> list[tuple[str, str]]:
     return rows
 
 
-def _marker(name: str, edge: str) -> str:
-    return f"<!-- benchmarks:{name}:{edge} -->"
-
-
 def render_section(header: list[str], parts: Mapping[str, str]) -> str:
     """The whole search section: ``header`` lines, then each part's markdown (already
     between its own markers) in :data:`PARTS` order."""
-    body = [_marker(SECTION, "begin"), *header, ""]
+    body = [marker(SECTION, "begin"), *header, ""]
     for part in PARTS:
         if part in parts:
             body += [parts[part], ""]
-    body.append(_marker(SECTION, "end"))
+    body.append(marker(SECTION, "end"))
     return "\n".join(body)
 
 
 def render_part(part: str, measured: str, lines: list[str]) -> str:
     name = f"{SECTION}:{part}"
-    return "\n".join([_marker(name, "begin"), *lines, "", measured, _marker(name, "end")])
+    return "\n".join([marker(name, "begin"), *lines, "", measured, marker(name, "end")])
 
 
 def _header(machine_rows: list[tuple[str, str]], quick: bool) -> list[str]:
@@ -902,30 +1366,20 @@ def _header(machine_rows: list[tuple[str, str]], quick: bool) -> list[str]:
     return lines
 
 
-def _section_pattern(name: str) -> re.Pattern:
-    return re.compile(re.escape(_marker(name, "begin")) + ".*?" + re.escape(_marker(name, "end")),
-                      re.DOTALL)
-
-
 def write(path: Path, header: list[str], parts: Mapping[str, str]) -> str:
     """Write the search section into ``path``: replaces the section if there is one (keeping
     the parts of it not in ``parts``), else appends it; the rest of the file is kept as is.
     Returns the section written."""
     previous = path.read_text() if path.exists() else ""
-    found = _section_pattern(SECTION).search(previous)
+    found = section_pattern(SECTION).search(previous)
     merged = dict(parts)
     if found:
         for part in PARTS:
-            old = _section_pattern(f"{SECTION}:{part}").search(found.group(0))
+            old = section_pattern(f"{SECTION}:{part}").search(found.group(0))
             if part not in merged and old:
                 merged[part] = old.group(0)
     section = render_section(header, merged)
-    if found:
-        text = previous[: found.start()] + section + previous[found.end():]
-    elif previous:
-        text = previous.rstrip("\n") + "\n\n" + section + "\n"
-    else:
-        text = "# medtune benchmarks\n\n" + section + "\n"
+    text = replace_section(previous, SECTION, section)
     path.write_text(text)
     return section
 
@@ -935,8 +1389,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Measure the suggestion latency and search quality of medtune's searchers "
-        "against Optuna and write the search section of BENCHMARKS.md. A full run takes about "
-        "35 minutes on two cores.",
+        "(and its pruners, on a simulated clock) against Optuna and write the search section "
+        "of BENCHMARKS.md. A full run takes about 50 minutes on two cores.",
     )
     parser.add_argument(
         "--quick", action="store_true",
@@ -952,8 +1406,14 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated parts to run (default: {','.join(PARTS)})")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="seeds per method in the quality and finite parts "
+                        help="seeds per method in the quality, finite and pruning parts "
                         f"(default: {FULL.seeds}, quick: {QUICK.seeds})")
+    parser.add_argument("--pareto-seeds", type=int, default=None,
+                        help=f"seeds per method in the pareto part (default: {FULL.pareto_seeds}"
+                        f", quick: {QUICK.pareto_seeds})")
+    parser.add_argument("--horizon", type=float, default=None,
+                        help="simulated time units of each run of the pruning part (default: "
+                        f"{FULL.horizon:g}, quick: {QUICK.horizon:g})")
     parser.add_argument("--latency-sizes", default=None,
                         help="comma-separated observation counts n of the latency part (default: "
                         f"{','.join(map(str, FULL.latency_sizes))})")
@@ -980,7 +1440,7 @@ def _settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Sett
     settings = QUICK if args.quick else FULL
     changes: dict[str, Any] = {}
     for name in ("seeds", "branin_budget", "hartmann_budget", "finite_budget", "iterations",
-                 "max_optuna_n", "threads"):
+                 "max_optuna_n", "threads", "pareto_seeds", "horizon"):
         value = getattr(args, name)
         if value is not None:
             if value < 1:
@@ -1027,8 +1487,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.search
                 lines = render_latency(run_latency(settings))
             elif part == "quality":
                 lines = render_quality(run_quality(settings))
-            else:
+            elif part == "finite":
                 lines = render_finite(run_finite(settings))
+            elif part == "pruning":
+                lines = render_pruning(run_pruning(settings))
+            else:
+                lines = render_pareto(run_pareto(settings))
             date = dict(machine_rows)["date"]
             measured = (f"Measured by `{command}` on {date} in "
                         f"{time.perf_counter() - start:.0f} s.")

@@ -23,12 +23,15 @@ from benchmarks.functions import (
     HARTMANN6,
     HARTMANN6_MINIMISER,
     HARTMANN6_MINIMUM,
+    ZDT1,
     TabulatedProblem,
     branin,
     hartmann6,
+    zdt1,
 )
 from medtune.plugins.searchers.hyperband import HyperbandSearcher
 from medtune.plugins.searchers.random import RandomSearcher
+from medtune.search.objectives import hypervolume
 from medtune.search.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +40,10 @@ CELL = re.compile(
     rf"{NUMBER}|> {NUMBER}|\d+/\d+|{NUMBER}×|{NUMBER} / \d+|n/a|not installed|not available"
     r"|not exposed|not measured \([^)]*\)"
 )
+PRUNING_CELL = re.compile(rf"{NUMBER}|> {NUMBER}|\d+/\d+|{NUMBER} %|n/a"
+                          rf"|(?:{NUMBER}|none) / (?:\d+|none)")
+PARETO_CELL = re.compile(rf"{NUMBER}|{NUMBER} \({NUMBER}\)|{NUMBER} %|{NUMBER}×|n/a"
+                         r"|not installed|not available|not measured \([^)]*\)")
 CPU_SECTION = "<!-- benchmarks:cpu:begin -->\n## CPU\nkept as is\n<!-- benchmarks:cpu:end -->"
 
 
@@ -86,6 +93,53 @@ def test_tabulated_learning_curves_decay_to_the_final_loss():
     assert np.array_equal(problem.losses_at(27), problem.final)
 
 
+def test_zdt1_front_and_best_hypervolume():
+    for x1 in (0.0, 0.25, 1.0):
+        f1, f2 = zdt1([x1, 0, 0, 0, 0, 0])
+        assert (f1, f2) == pytest.approx((x1, 1 - x1 ** 0.5))
+    assert zdt1([0.25, 1, 1, 1, 1, 1])[1] > 1 - 0.25 ** 0.5  # off the front: worse
+    front = np.array([(x, 1 - x ** 0.5) for x in np.linspace(0, 1, 2001)])
+    assert hypervolume(front, ZDT1.reference) == pytest.approx(ZDT1.best_hypervolume, rel=1e-3)
+    assert ZDT1.objectives({f"x{i}": 0.0 for i in range(6)}) == (0.0, 1.0)
+
+
+def test_tabulated_two_objectives():
+    table = TabulatedProblem(seed=0)
+    problem = table.two_objectives()
+    configs = list(SearchSpace.from_dict(problem.space).enumerate())
+    points = np.array([problem.objectives(c) for c in configs[::49]])
+    assert 0 < hypervolume(points, problem.reference) <= problem.best_hypervolume + 1e-12
+    # The parameter count follows the width alone, 1000 f^2.
+    assert table.parameters({"filters_log2": 4}) == 1000 * 16 ** 2
+    # The best hypervolume is that of every configuration: of the best loss per width.
+    best_per_width: dict[float, float] = {}
+    for config in configs:
+        loss, size = problem.objectives(config)
+        best_per_width[size] = min(loss, best_per_width.get(size, np.inf))
+    front = np.array([(loss, size) for size, loss in best_per_width.items()])
+    assert hypervolume(front, problem.reference) == pytest.approx(problem.best_hypervolume)
+
+
+def test_pruning_simulation_keeps_its_clock():
+    table = TabulatedProblem(seed=0)
+    synchronous = search.simulate_hyperband(table, 0, 200, overlap_brackets=False, resume=False)
+    overlapping = search.simulate_hyperband(table, 0, 200, overlap_brackets=True, resume=False)
+    # Synchronous brackets leave workers idle; overlapping ones keep them busy.
+    assert 0 < synchronous.busy < search.WORKERS * 200
+    assert overlapping.busy > synchronous.busy
+    asha = search.simulate_pruned(table, 0, 200, ("asha", {"min_resource": 1, "eta": 3}))
+    plain = search.simulate_pruned(table, 0, 200, None)
+    # Trials with a pruner train epoch by epoch: no worker ever idles.
+    assert asha.busy == plain.busy == search.WORKERS * 200
+    assert asha.pruned > 0 and plain.pruned == 0 and asha.trials > plain.trials
+    # Without pruning every trial costs R: by time 200, floor(200 / R) waves of 4 trials.
+    assert len(plain.finals) == search.WORKERS * (200 // search.R)
+    assert all(time % search.R == 0 for time, _ in plain.finals)
+    assert plain.best_by(200) == min(loss for _, loss in plain.finals)
+    again = search.simulate_pruned(table, 0, 200, ("asha", {"min_resource": 1, "eta": 3}))
+    assert again.finals == asha.finals and again.time_to_top == asha.time_to_top
+
+
 # -- the report ---------------------------------------------------------------------------------
 def _tables(markdown: str) -> dict[str, list[list[str]]]:
     """Every table under a ``###``/``####`` heading: {heading: body rows as cells}."""
@@ -118,7 +172,8 @@ def test_quick_run_writes_the_search_section(tmp_path):
     markdown = output.read_text()
 
     assert markdown.startswith("# medtune benchmarks\n\n" + CPU_SECTION)
-    for marker in ("search", "search:latency", "search:quality", "search:finite"):
+    for marker in ("search", "search:latency", "search:quality", "search:finite",
+                   "search:pruning", "search:pareto"):
         assert markdown.count(f"<!-- benchmarks:{marker}:begin -->") == 1, marker
         assert markdown.count(f"<!-- benchmarks:{marker}:end -->") == 1, marker
     section = markdown[markdown.index("<!-- benchmarks:search:begin -->"):]
@@ -146,6 +201,21 @@ def test_quick_run_writes_the_search_section(tmp_path):
     assert re.fullmatch(rf"{NUMBER} / \d+", multi[0][4]), multi[0]  # best rank after 1 iteration
     assert any(row[0].startswith("medtune bohb") for row in multi)
     _check_cells(multi)
+    pruning = tables["Pruning with 4 asynchronous workers (simulated clock)"]
+    assert [row[0] for row in pruning] == [label for label, _ in search.PRUNING_METHODS]
+    for label, *cells in pruning:
+        assert len(cells) == 10 and all(PRUNING_CELL.fullmatch(c) for c in cells), (label, cells)
+    assert "ASHA against synchronous Hyperband" in section
+    table_title = TabulatedProblem(seed=0).two_objectives().title
+    for heading in (ZDT1.title, table_title):
+        rows = tables[heading]
+        assert [row[0].split(" (")[0] for row in rows] == [
+            "medtune random", "medtune evolution", "medtune bayes", "Optuna NSGAIISampler",
+            "Optuna NSGAIISampler", "Optuna TPESampler"]
+        assert rows[2][1] == "not measured (quick run)"  # bayes: a model-based searcher
+        for label, *cells in rows:
+            assert len(cells) == 7 and all(PARETO_CELL.fullmatch(c) for c in cells), (label, cells)
+        assert rows[3][3] == rows[3][6] == "1.00×"  # Optuna NSGA-II against itself
     # The section is printed too.
     assert "<!-- benchmarks:search:begin -->" in result.stdout
 
@@ -287,9 +357,9 @@ def test_kernel_runner_keeps_the_search_section(tmp_path):
 def test_without_optuna_its_rows_say_not_installed(tmp_path, monkeypatch):
     monkeypatch.setattr(search, "_optuna", lambda: None)
     output = tmp_path / "B.md"
-    assert search.main(["--quick", "--parts", "quality,finite", "--seeds", "1",
-                        "--output", str(output)]) == 0
+    assert search.main(["--quick", "--parts", "quality,finite,pareto", "--seeds", "1",
+                        "--pareto-seeds", "1", "--output", str(output)]) == 0
     tables = _tables(output.read_text())
-    for heading in (BRANIN.title, HARTMANN6.title, "Full-budget searchers"):
+    for heading in (BRANIN.title, HARTMANN6.title, "Full-budget searchers", ZDT1.title):
         optuna_rows = [row for row in tables[heading] if row[0].startswith("Optuna")]
         assert optuna_rows and all(set(row[1:]) == {"not installed"} for row in optuna_rows)
