@@ -142,8 +142,11 @@ class ScansTask(Task):
         return settings
 
     def preflight(self, settings: dict[str, Any]) -> None:
-        """The dataset folder is there and readable (``data``, relative to the current
-        folder), so that a missing one stops ``medtune run`` before any trial."""
+        """The dataset folder is there (``data``, relative to the current folder) and its plan
+        is usable: the ``plan`` file or ``plan.json`` of the data folder, else a plan made now,
+        which reads and checks every training case. A missing folder, a case that cannot be
+        read, or a plan of another dataset stops ``medtune run`` before any trial."""
+        settings = self.check(settings)
         root = Path(settings["data"])
         if not root.is_dir():
             raise MedtuneError(
@@ -151,7 +154,7 @@ class ScansTask(Task):
                 f"write the sample dataset there with `medtune sample {settings['data']}`, or set "
                 "[objective.settings] data to the folder that holds your dataset.json, imagesTr/ "
                 "and labelsTr/")
-        load_dataset(root)
+        plan_for(settings, load_dataset(root))
 
     def train(self, settings: dict[str, Any], resource: float | None, seed: int,
               report: Callable[[float, float], None] | None) -> dict[str, float | list[float]]:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -86,6 +89,21 @@ def test_a_missing_dataset_folder_is_refused_before_the_study(tmp_path, monkeypa
     task = ScansTask()
     with pytest.raises(MedtuneError, match="`medtune sample data`"):
         task.preflight(task.validate({}))
+
+
+def test_a_broken_case_is_refused_before_the_study_when_there_is_no_plan(data, tmp_path, monkeypatch):
+    copy = Path(shutil.copytree(data, tmp_path / "data"))
+    (copy / "plan.json").unlink()
+    path = copy / "imagesTr/case_001_0000.nii.gz"
+    image = nib.load(str(path))
+    voxels = np.asarray(image.dataobj, dtype=np.float32)
+    voxels[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(voxels, image.affine), str(path))
+    monkeypatch.chdir(tmp_path)
+    task = ScansTask()
+    with pytest.raises(MedtuneError, match="case_001.*NaN"):
+        task.preflight(task.validate({}))
+    assert not (copy / "plan.json").exists()
 
 
 def test_a_missing_data_folder_is_named(tmp_path):
