@@ -283,9 +283,9 @@ def parse_config(text: str, path: str | Path = "<string>", scale: float | None =
         name += suffix
         storage = storage.with_name(storage.stem + suffix + storage.suffix)
 
-    if task_plugin is not None:  # the fixed settings, before anything runs
+    if task_plugin is not None:  # the fixed settings' names and types, before anything runs
         try:
-            task_plugin.preflight(check_settings(task_plugin.name, task_plugin.settings, settings))
+            check_settings(task_plugin.name, task_plugin.settings, settings)
         except MedtuneError as exc:
             raise ConfigError(f"{ow}.settings: {exc}") from None
 

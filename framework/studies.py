@@ -13,7 +13,8 @@ from rich.table import Table
 import medtune
 from medtune.config import ConfigError, StudyConfig, load_config, parse_config
 from medtune.errors import MedtuneError
-from medtune.report import StudyReplay, report_folder, study_replay, write_comparison, write_report
+from medtune.report import (StudyReplay, report_folder, study_replay, task_tables,
+                            write_comparison, write_report)
 from medtune.pruners import Pruner
 from medtune.search import Searcher, SearchSpace
 from medtune.study.artifacts import artifact_root, require_absent
@@ -34,7 +35,7 @@ from medtune.tables import (
     study_table,
     verbatim,
 )
-from medtune.tasks import ConfiguredObjective
+from medtune.tasks import ConfiguredObjective, Task, check_settings
 
 
 #: At most this many of the trials' own metrics become columns of the best-trials table.
@@ -96,6 +97,11 @@ def _prepare(config: StudyConfig, seed: int) -> _Study:
             trial_timeout = declared_trial_timeout(function) or 0.0
     except ExecutorError as exc:
         raise ConfigError(f"{where}: objective: {exc}") from None
+    if isinstance(function, Task):  # what would fail every trial the same way
+        try:
+            function.preflight(check_settings(function.name, function.settings, config.settings))
+        except MedtuneError as exc:
+            raise ConfigError(f"{where}: objective.settings: {exc}") from None
     try:
         options = RunOptions(
             n_trials=config.n_trials, timeout=config.timeout, executor=config.executor,
@@ -363,13 +369,14 @@ def _finish(study_path: Path, summary: StudySummary, console: Console) -> None:
             console.print(table)
         _print_front(store, store.trials(), console)
         results = study_table(store)
-        if results is not None:
-            summary_table = Table(title=verbatim(results.title))
-            for column in results.header:
-                summary_table.add_column(verbatim(column))
-            for row in results.text_rows():
-                summary_table.add_row(*map(verbatim, row))
-            console.print(summary_table)
+        # the [table] results, then the task's own (e.g. the segmentation task's paired tests)
+        for shown in ([results] if results is not None else []) + task_tables(store):
+            rich_table = Table(title=verbatim(shown.title))
+            for column in shown.header:
+                rich_table.add_column(verbatim(column))
+            for row in shown.text_rows():
+                rich_table.add_row(*map(verbatim, row))
+            console.print(rich_table)
         failed = sum(t.state == TrialState.FAIL for t in store.trials())
         if failed:
             console.print(f"{failed} trial(s) failed; `medtune report {verbatim(study_path)}` "

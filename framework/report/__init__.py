@@ -22,7 +22,7 @@ from medtune.report.model import (
     model_calibration,
     model_relevance,
 )
-from medtune.report.page import report_folder, write_report
+from medtune.report.page import report_folder, task_tables, write_report
 from medtune.report.plots import (
     MAX_CURVE_COLOURS,
     MAX_INTEGER_CATEGORIES,
@@ -54,6 +54,7 @@ __all__ = [
     "report_folder",
     "running_median",
     "study_replay",
+    "task_tables",
     "write_comparison",
     "write_report",
 ]

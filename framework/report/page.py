@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from typing import Any
 
 from medtune.report.model import plot_model
 from medtune.report.pareto import pareto_section
@@ -47,6 +48,7 @@ def write_report(study_path: str | Path, folder: str | Path | None = None,
         metrics_section = _figures_html("Metrics", _task_figures(store, trials, folder))
         results = study_table(store)
         results_section = _results_html(results) if results is not None else ""
+        results_section += "".join(_task_table_html(t) for t in task_tables(store, trials))
         results_section = pareto_section(store, trials, folder) + results_section
         if replayed is None:
             replayed = study_replay(store, folder)
@@ -100,6 +102,29 @@ def _task_figures(store: StudyStore, trials: list[Trial], folder: Path) -> list[
     return load_task(task).figures(trials, folder) if task is not None else []
 
 
+def task_tables(store: StudyStore, trials: list[Trial] | None = None) -> list[Any]:
+    """The tables the study's task computes across its finished trials
+    (:meth:`medtune.tasks.Task.tables`); none for a ``function`` objective or a study whose
+    configuration no longer reads."""
+    config = stored_config(store)
+    task = ConfiguredObjective(config.objective).task if config is not None else None
+    if task is None:
+        return []
+    return load_task(task).tables(finished_trials(store) if trials is None else trials)
+
+
+def _task_table_html(table: Any) -> str:
+    return f"\n<p>{html.escape(table.title)}</p>\n{_table_html(table)}"
+
+
+def _table_html(table: Any) -> str:
+    """``table`` (a ``header`` and ``text_rows()``) as an HTML table."""
+    head = "".join(f"<th>{html.escape(str(name))}</th>" for name in table.header)
+    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row)
+                     + "</tr>" for row in table.text_rows())
+    return f"<table><tr>{head}</tr>\n{body}\n</table>"
+
+
 def _figures_html(title: str, figures: list[Figure]) -> str:
     if not figures:
         return ""
@@ -111,9 +136,5 @@ def _figures_html(title: str, figures: list[Figure]) -> str:
 
 
 def _results_html(table: ResultTable) -> str:
-    head = "".join(f"<th>{html.escape(name)}</th>" for name in table.header)
-    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-                     for row in table.text_rows())
     return (f"\n<h2>Results</h2>\n<p>{html.escape(table.title)} (mean ± standard deviation over "
-            f"the completed trials of each row; n trials)</p>\n<table><tr>{head}</tr>\n{body}\n"
-            "</table>")
+            f"the completed trials of each row; n trials)</p>\n{_table_html(table)}")

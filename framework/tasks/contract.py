@@ -159,6 +159,13 @@ class Task:
         ``(file, caption)`` of each, ``[]`` when the trials carry nothing to draw."""
         return []
 
+    def tables(self, trials: Sequence[Any]) -> list[Any]:
+        """Result tables the task computes across the study's finished ``trials`` (e.g. paired
+        tests of each row against a baseline row), each with a ``title``, a ``header`` and
+        ``text_rows()`` as :class:`medtune.tables.ResultTable`; ``medtune run`` prints them
+        after the results table and the report shows them. ``[]`` when there is none."""
+        return []
+
     def predict(self, model_folder: Path, inputs: Path, output: Path, *,
                 labels: Path | None = None, tta: bool = False,
                 console: Any = None) -> Mapping[str, Any]:

@@ -91,3 +91,8 @@ def test_time_limit_and_default_table_are_sound(task):
 @pytest.mark.parametrize("task", TASKS, indirect=True)
 def test_a_study_reaches_it_by_name(task):
     assert isinstance(ConfiguredObjective(task.name).resolve(), type(task))
+
+
+@pytest.mark.parametrize("task", TASKS, indirect=True)
+def test_a_study_without_finished_trials_has_no_task_tables(task):
+    assert task.tables([]) == []
