@@ -4,9 +4,10 @@ Each slice is a body ellipse of soft tissue with a few organ-like ellipses of ot
 Gaussian noise and a mild blur, in Hounsfield-like units scaled to roughly [-1, 1]. Lesions are
 slightly brighter ellipses inside the body whose areas are drawn log-uniformly from
 ``lesion_area``; a slice holds 0 to ``max_lesions`` of them, so some slices have no lesion at
-all (the Seo2021 evaluation scores those too). Everything is a deterministic function of
-``(seed, index)``: the same dataset is rebuilt identically anywhere, and a slice can be
-generated on its own.
+all (the Seo2021 evaluation scores those too); ``empty_fraction`` sets that share directly.
+Everything is a deterministic function of ``(seed, index)``: the same dataset is rebuilt
+identically anywhere, and a slice can be generated on its own. docs/datasets.md has the
+settings of Seo2021's regime (lesions of a few pixels, low contrast, mostly empty slices).
 """
 
 from __future__ import annotations
@@ -38,10 +39,16 @@ class SmallLesionPhantom(Dataset):
         size: number of slices.
         image_size: side of the square slices in pixels (128 to 512).
         seed: the dataset's seed; slice ``i`` depends only on ``(seed, i)``.
-        max_lesions: at most this many lesions per slice (0 to ``max_lesions``, uniform).
+        max_lesions: at most this many lesions per slice (0 to ``max_lesions``, uniform,
+            unless ``empty_fraction`` is set).
         lesion_area: (min, max) lesion area in pixels, drawn log-uniformly.
         contrast: lesion intensity above the surrounding tissue (in image units).
         noise: standard deviation of the Gaussian noise (in image units).
+        empty_fraction: ``None`` (default): the number of lesions is uniform in
+            0..``max_lesions``, so ``1 / (max_lesions + 1)`` of the slices are lesion-free; a
+            number in [0, 1]: each slice is lesion-free with this probability and otherwise
+            holds 1 to ``max_lesions`` lesions (uniform). A lesion that finds no free place
+            is left out, so a few more slices may end up empty.
     """
 
     def __init__(
@@ -53,6 +60,7 @@ class SmallLesionPhantom(Dataset):
         lesion_area: tuple[int, int] = (20, 2000),
         contrast: float = 0.35,
         noise: float = 0.08,
+        empty_fraction: float | None = None,
     ) -> None:
         if int(size) < 1:
             raise MedtuneError(f"small_lesion: size must be >= 1, got {size}")
@@ -68,6 +76,14 @@ class SmallLesionPhantom(Dataset):
             )
         if max_lesions < 0:
             raise MedtuneError(f"small_lesion: max_lesions must be >= 0, got {max_lesions}")
+        if empty_fraction is not None:
+            if not 0 <= float(empty_fraction) <= 1:
+                raise MedtuneError(
+                    f"small_lesion: empty_fraction must be None or lie in [0, 1], got {empty_fraction}")
+            if max_lesions < 1 and float(empty_fraction) < 1:
+                raise MedtuneError(
+                    "small_lesion: empty_fraction < 1 needs max_lesions >= 1 (the other slices "
+                    f"hold 1 to max_lesions lesions), got max_lesions={max_lesions}")
         self.size = int(size)
         self.image_size = int(image_size)
         self.seed = int(seed)
@@ -75,6 +91,7 @@ class SmallLesionPhantom(Dataset):
         self.lesion_area = (int(low), int(high))
         self.contrast = float(contrast)
         self.noise = float(noise)
+        self.empty_fraction = None if empty_fraction is None else float(empty_fraction)
 
     def __len__(self) -> int:
         return self.size
@@ -105,7 +122,11 @@ class SmallLesionPhantom(Dataset):
             image[organ] = rng.uniform(-0.25, 0.25)
         label = np.zeros((n, n), dtype=np.uint8)
         lesions = []
-        for _ in range(rng.integers(0, self.max_lesions + 1)):
+        if self.empty_fraction is None:
+            count = rng.integers(0, self.max_lesions + 1)
+        else:
+            count = 0 if rng.random() < self.empty_fraction else rng.integers(1, self.max_lesions + 1)
+        for _ in range(count):
             lesion = self._place_lesion(rng, rows, cols, body & (label == 0))
             if lesion is None:
                 continue

@@ -43,6 +43,11 @@ class GLFLoss(OverlapLoss):
             :class:`~medtune.plugins.losses.exploratory.GLFExploratory`, which performs the
             training step itself; the forward never changes them).
         rules: the deterministic rule (default :class:`DeterministicRules()`).
+        freeze_when: which reading of Seo2021's freeze rule the deterministic rule follows,
+            ``"below"`` (alpha_p / alpha_n frozen while <FP> < 5 / <FN> < 1, the default) or
+            ``"above"`` (frozen while <FP> > 5 / <FN> > 1, the Fig. 2b caption's words); a
+            shorthand for ``rules=DeterministicRules(freeze_when=...)`` that a configuration
+            file can give (docs/losses.md). ``None``: as ``rules`` says.
         bounds: interval per coefficient for the adaptive strategies, a
             :class:`CoefficientBounds` or a mapping such as ``{"alpha_p": (0.1, 10)}``
             (default [0.05, 20] each); the initial values must lie inside.
@@ -74,6 +79,7 @@ class GLFLoss(OverlapLoss):
         beta2: float = 1.0,
         adaptive: str | None = None,
         rules: DeterministicRules | None = None,
+        freeze_when: str | None = None,
         bounds: CoefficientBounds | Mapping[str, tuple[float, float]] | None = None,
         **options: object,
     ) -> None:
@@ -87,6 +93,13 @@ class GLFLoss(OverlapLoss):
             raise LossError(
                 f"GLFLoss: rules must be a DeterministicRules, got {type(rules).__name__}"
             )
+        if freeze_when is not None:
+            if rules is not None:
+                raise LossError(
+                    "GLFLoss: give either rules or freeze_when, not both; set freeze_when in "
+                    "DeterministicRules(freeze_when=...)"
+                )
+            rules = DeterministicRules(freeze_when=freeze_when)  # type: ignore[arg-type]
         values = {
             "alpha_p": non_negative("alpha_p", alpha_p, "GLFLoss"),
             "alpha_n": non_negative("alpha_n", alpha_n, "GLFLoss"),
@@ -143,5 +156,7 @@ class GLFLoss(OverlapLoss):
     def extra_repr(self) -> str:
         return (
             f"alpha_p={self.alpha_p:g}, alpha_n={self.alpha_n:g}, beta2={self.beta2:g}, "
-            f"adaptive={self.adaptive!r}, " + super().extra_repr()
+            f"adaptive={self.adaptive!r}, "
+            + (f"freeze_when={self.rules.freeze_when!r}, " if self.adaptive == "deterministic" else "")
+            + super().extra_repr()
         )

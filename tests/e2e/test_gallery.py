@@ -1,7 +1,7 @@
-"""The gallery examples run from their TOML files: glf_small_lesions (Seo2021) and
-hyperband_bohb (Bertrand2019, Fig. 2.10, its studies then put side by side by `medtune compare`).
-A tiny variant of each (sizes and budgets rewritten in the TOML text) runs in CI; the full
-examples are slow tests."""
+"""The gallery example hyperband_bohb (Bertrand2019, Fig. 2.10) runs from its TOML file, its
+studies then put side by side by `medtune compare`. A tiny variant (sizes and budgets rewritten
+in the TOML text) runs in CI; the full example is a slow test. (glf_small_lesions, Seo2021, has
+its own module: test_example_glf.py.)"""
 
 from __future__ import annotations
 
@@ -17,15 +17,8 @@ from tests.conftest import rewrite_settings
 from tests.e2e.recorded import check_recorded
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-GLF = EXAMPLES / "glf_small_lesions.toml"
 HYPERBAND = EXAMPLES / "hyperband_bohb.toml"
 
-#: setting -> value of the tiny glf_small_lesions (every loss, one or two steps each)
-GLF_TINY = {"train_size": "8", "val_size": "8", "epochs": "1", "repeats": "2"}
-GLF_LOSSES = {"dice", "effectiveness_b2", "tversky_a03_b07", "tversky_a01_b09",
-              "glf_deterministic", "glf_exploratory"}
-GLF_COLUMNS = ("precision", "recall", "dice_lesion_slices", "dice_empty_slices",
-               "lesion_dice_small", "lesion_dice_medium", "lesion_dice_large")
 #: setting -> value of the tiny hyperband_bohb (a few seconds per method)
 HYPERBAND_TINY = {"train_size": "8", "val_size": "8", "timeout": "6", "R": "3", "epochs": "3"}
 #: The bracket searchers' keys, which "bayes" does not take (the TOML says to delete them).
@@ -59,23 +52,6 @@ def _trials(study: Path) -> list[dict]:
         rows = db.execute("SELECT state, config, metrics, resource, value FROM trials").fetchall()
     return [{**dict(row), "config": json.loads(row["config"]),
              "metrics": json.loads(row["metrics"] or "{}")} for row in rows]
-
-
-def _check_glf(folder: Path, out: str, repeats: int) -> None:
-    assert "Seo2021" in out and "dice_empty_slices" in out
-    for loss in GLF_LOSSES:
-        assert re.search(rf"{loss}\s.*±.*\s{repeats}\s", out), loss  # its row, mean ± std, n
-    trials = _trials(folder / "studies" / "glf_small_lesions.sqlite")
-    assert len(trials) == len(GLF_LOSSES) * repeats
-    assert all(t["state"] == "COMPLETE" for t in trials)
-    assert {t["config"]["loss"] for t in trials} == GLF_LOSSES
-    for t in trials:
-        assert {"recall", "dice_lesion_slices", "dice_empty_slices"} <= set(t["metrics"])
-        adaptive = t["config"]["loss"].startswith("glf_")
-        assert ("glf_alpha_n_tversky" in t["metrics"]) == adaptive
-    report = folder / "studies" / "glf_small_lesions_report"
-    for name in ("index.html", "lesion_sizes.png", "trajectories.png", "tversky_plane.png"):
-        assert (report / name).stat().st_size > 0, name
 
 
 def _run_hyperband(folder: Path, seeds: tuple[int, ...], tiny: bool, monkeypatch,
@@ -127,14 +103,6 @@ def _compare(folder: Path, seeds: tuple[int, ...], monkeypatch, capsys) -> None:
         assert f"{sum(best) / len(best):.4g} ± " in row and f" {len(seeds)} " in row, row
 
 
-def test_tiny_glf_small_lesions(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    path = tmp_path / "glf_tiny.toml"
-    path.write_text(rewrite_settings(GLF.read_text(), GLF_TINY))
-    _check_glf(tmp_path, _run(path, monkeypatch, capsys), repeats=2)
-    check_recorded("glf_small_lesions", tmp_path / "studies" / "glf_small_lesions.sqlite")
-
-
 def test_tiny_hyperband_bohb(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     studies = _run_hyperband(tmp_path, (0,), True, monkeypatch, capsys)
@@ -142,12 +110,6 @@ def test_tiny_hyperband_bohb(tmp_path, monkeypatch, capsys):
     _compare(tmp_path, (0,), monkeypatch, capsys)
     for name in studies:  # one per searcher
         check_recorded(name, tmp_path / "studies" / f"{name}.sqlite")
-
-
-@pytest.mark.slow
-def test_glf_small_lesions(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    _check_glf(tmp_path, _run(GLF, monkeypatch, capsys), repeats=3)
 
 
 @pytest.mark.slow

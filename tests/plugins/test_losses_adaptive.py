@@ -75,6 +75,53 @@ def test_deterministic_rule_follows_the_seed() -> None:
     assert literal.factors(tiny)[:2] == (1.5, 1.5)
 
 
+@pytest.mark.parametrize(
+    "false_positives,false_negatives,below,above",
+    [
+        # many false positives and negatives: the caption's words ("above") freeze both
+        (6.0, 2.0, (1.5, 1.5), (1.0, 1.0)),
+        # few of both: the reading from the stated reason ("below") freezes both
+        (4.0, 0.5, (1.0, 1.0), (1.5, 1.5)),
+        # exactly on the thresholds neither reading freezes (both comparisons are strict)
+        (5.0, 1.0, (1.5, 1.5), (1.5, 1.5)),
+        # each count on its own: <FP> decides alpha_p, <FN> decides alpha_n
+        (6.0, 0.5, (1.5, 1.0), (1.0, 1.5)),
+    ],
+)
+def test_both_readings_of_the_freeze_rule(
+    false_positives: float, false_negatives: float, below: tuple, above: tuple
+) -> None:
+    # TP >> FP and TP >> FN: every unfrozen alpha grows by 1.5; beta2 (never frozen) kept
+    metrics = driving_metrics(
+        stats_of([200.0, 200.0], [false_positives] * 2, [false_negatives] * 2), 1.0, 1.0
+    )
+    assert DeterministicRules(freeze_when="below").factors(metrics) == (*below, 1.0)
+    assert DeterministicRules(freeze_when="above").factors(metrics) == (*above, 1.0)
+    assert DeterministicRules().factors(metrics) == (*below, 1.0)  # the default reading
+
+
+@pytest.mark.parametrize("reading", ["below", "above"])
+def test_glf_plugin_takes_the_freeze_reading_by_name(
+    reading: str, make_lesion_batch: BatchMaker
+) -> None:
+    loss = medtune.create("loss", "glf", sigmoid=True, adaptive="deterministic",
+                          freeze_when=reading)
+    assert loss.rules == DeterministicRules(freeze_when=reading)
+    x, y = make_lesion_batch(count=2)
+    loss(torch.zeros_like(x), y)  # p = 0.5 everywhere: <FP> and <FN> far above 5 and 1
+    row = loss.trajectory.rows()[0]
+    assert row["false_positives"] > 5 and row["false_negatives"] > 1
+    if reading == "above":  # the caption's words: both alphas stay at 1
+        assert (loss.alpha_p, loss.alpha_n) == (1.0, 1.0)
+    else:  # <TP/FP> < 1/15 halves alpha_p
+        assert loss.alpha_p == 0.5
+    assert "freeze_when" in repr(loss)
+    with pytest.raises(LossError, match="either rules or freeze_when"):
+        GLFLoss(adaptive="deterministic", rules=DeterministicRules(), freeze_when="above")
+    with pytest.raises(LossError, match="freeze_when must be 'below' or 'above'"):
+        GLFLoss(adaptive="deterministic", freeze_when="caption")
+
+
 def test_undefined_ratios_keep_their_coefficient() -> None:
     # no target anywhere: TP/FN and R/P are undefined (NaN), so aN and beta2 are kept
     metrics = driving_metrics(stats_of([0, 0], [300, 200], [0, 0]), 1.0, 1.0)

@@ -3,6 +3,7 @@ by size of the best trial of each loss and the GLF coefficient trajectories."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 import numpy as np
@@ -12,9 +13,13 @@ import torch
 import medtune
 from medtune import registry as registry_module
 from medtune.errors import MedtuneError
-from medtune.plugins.tasks.segmentation import (GLF_LABELS, SegmentationTask, config_lines,
-                                                lesion_metrics, lesion_scores, resolve_loss,
-                                                slice_metrics, trajectories_figure)
+from scipy import stats
+
+from medtune.plugins.losses import GLFLoss
+from medtune.plugins.tasks.segmentation import (GLF_LABELS, TRAJECTORY_SERIES, SegmentationTask,
+                                                config_lines, lesion_metrics, lesion_scores,
+                                                paired_comparison, resolve_loss, slice_metrics,
+                                                trajectories_figure)
 from medtune.study import RunOptions, StudyStore, TrialState, run_study
 from medtune.study.store import Trial
 from medtune.tasks import ConfiguredObjective
@@ -39,10 +44,52 @@ def test_same_seed_same_result_and_glf_trajectories():
     config = {**TINY, "loss": "glf", "options_by_loss": {"glf": {"adaptive": "deterministic"},
                                                          "dice": {"bogus": 1}}}
     first = train_segmentation(config, 1, seed=3)
-    assert first == train_segmentation(config, 1, seed=3)
+    again = train_segmentation(config, 1, seed=3)
+    assert first.pop("seconds_per_epoch") > 0 and again.pop("seconds_per_epoch") > 0
+    assert first == again
     steps = TINY["train_size"] // TINY["batch_size"]  # one epoch
-    assert len(first["glf_alpha_p"]) == len(first["glf_beta2"]) == steps
-    assert len(first["glf_alpha_p_tversky"]) == len(first["glf_alpha_n_tversky"]) == steps
+    for name in TRAJECTORY_SERIES:  # coefficients, Tversky plane and driving metrics per step
+        assert len(first[f"glf_{name}"]) == steps, name
+
+
+def test_a_replicate_fixes_data_and_initialisation_whatever_the_trial_seed():
+    config = {**TINY, "train_size": 8, "replicate": 2}
+    first, second = (train_segmentation(config, 1, seed=seed) for seed in (0, 5))
+    first.pop("seconds_per_epoch"), second.pop("seconds_per_epoch")
+    assert first == second
+    assert train_segmentation({**TINY, "train_size": 8}, 1, seed=2)["value"] == first["value"]
+
+
+def test_a_cosine_schedule_anneals_the_rate_over_the_training_steps(monkeypatch):
+    rates = []
+    original = torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    train_segmentation({**TINY, "schedule": "cosine", "lr": 0.01}, resource=2, seed=0)
+    steps = 2 * TINY["train_size"] // TINY["batch_size"]
+    expected = [0.005 * (1 + np.cos(np.pi * k / steps)) for k in range(steps)]
+    assert rates == pytest.approx(expected)
+
+
+def test_freeze_reading_reaches_the_glf_through_a_loss_variant(monkeypatch):
+    built = []
+    original = GLFLoss.__init__
+
+    def recording(self, **options):
+        original(self, **options)
+        built.append(self)
+
+    monkeypatch.setattr(GLFLoss, "__init__", recording)
+    variants = {"glf_caption": {"loss": "glf", "adaptive": "deterministic",
+                                "freeze_when": "above"}}
+    config = {**TINY, "train_size": 8, "loss": "glf_caption", "loss_variants": variants}
+    result = train_segmentation(config, 1, seed=0)
+    assert [loss.rules.freeze_when for loss in built] == ["above"]
+    assert len(result["glf_alpha_p"]) == 1
 
 
 def test_exploratory_glf_variant_chooses_coefficients_each_step():
@@ -116,6 +163,9 @@ def test_learns_on_the_phantom():
     ({"width": 0}, "width must be > 0"),
     ({"options_by_loss": {"glf": 3}}, "options_by_loss must map loss names"),
     ({"loss_variants": {"t03": {"alpha": 0.3}}}, "loss_variants must map variant names"),
+    ({"replicate": -1}, "replicate must be >= 0"),
+    ({"schedule": "step"}, "schedule must be one of"),
+    ({"replicate": 1.5}, "replicate must be a whole number"),
 ])
 def test_bad_settings(config, message):
     with pytest.raises(MedtuneError, match=message):
@@ -152,8 +202,10 @@ def test_a_loss_returning_nan_fails_the_trial_not_the_study(tmp_path, monkeypatc
     assert states["dice"][0] is TrialState.COMPLETE
 
 
-def _trial(trial_id: int, loss: str, value: float, resource: float | None, metrics: dict) -> Trial:
-    return Trial(id=trial_id, suggestion_id=trial_id, config={"loss": loss}, resource=resource, tag={},
+def _trial(trial_id: int, loss: str, value: float, resource: float | None, metrics: dict,
+           **config) -> Trial:
+    return Trial(id=trial_id, suggestion_id=trial_id, config={"loss": loss, **config},
+                 resource=resource, tag={},
                  seed=trial_id, state=TrialState.COMPLETE, value=value, failure_reason=None, traceback=None,
                  started=datetime.now(), finished=None, duration=None, host=None, worker_pid=None,
                  completion_order=trial_id, asked_after=0, requeued_from=None, told_value=None,
@@ -182,15 +234,69 @@ def test_glf_trajectories_of_the_best_trial_are_drawn_over_steps_and_in_the_tver
 
 
 def test_glf_trajectories_have_readable_labels_and_a_value_axis():
-    series = {name: [1.0, 0.9 - 0.1 * k, 0.8] for k, name in enumerate(GLF_LABELS)}
-    ax = trajectories_figure(_trial(1, "glf", 0.5, None, series)).axes[0]
-    legend = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert legend == [r"$\alpha_P$", r"$\alpha_N$", r"$\beta^2$",
-                      r"$\alpha_P$ (Tversky plane)", r"$\alpha_N$ (Tversky plane)"]
-    assert not any("glf_" in text for text in legend)
-    assert ax.get_ylabel() == "coefficient value (log scale)"
-    lines = ax.get_lines()
-    assert lines[3].get_color() == lines[0].get_color() and lines[3].get_linestyle() == "--"
+    series = {f"glf_{name}": [1.0, 0.9, 0.8] for name in TRAJECTORY_SERIES}
+    axes = trajectories_figure([_trial(1, "glf", 0.5, None, series)]).axes
+    coefficients, metrics = axes[0], axes[1]
+    legend = [text.get_text() for text in coefficients.get_legend().get_texts()]
+    assert legend == [r"$\alpha_P$", r"$\alpha_N$", r"$\beta^2$"]
+    assert coefficients.get_ylabel() == "coefficient value (log scale)"
+    legend = [text.get_text() for text in metrics.get_legend().get_texts()]
+    assert legend[:2] == ["precision (batch, soft)", "recall (batch, soft)"]
+    assert "glf_" not in " ".join(legend) and len(legend) == 3  # and the R/P ratio
+
+
+def test_both_freeze_readings_and_the_exploratory_rule_each_get_their_figures(tmp_path):
+    series = {f"glf_{name}": [1.0, None, 0.8] for name in TRAJECTORY_SERIES}  # NaN stored as null
+    trials = [_trial(1, "glf_det_freeze_below", 0.4, None, series),
+              _trial(2, "glf_det_freeze_above", 0.6, None, series),
+              _trial(3, "glf_det_freeze_above", 0.5, None, series),
+              _trial(4, "glf_exploratory", 0.3, None, series), _trial(5, "dice", 0.9, None, {})]
+    figures = dict(SegmentationTask().figures(trials, tmp_path))
+    assert list(figures) == ["trajectories.png", "tversky_plane.png"]
+    for caption in figures.values():  # the best trial of each adaptive loss, in name order
+        assert ("glf_det_freeze_above (trial 2), glf_det_freeze_below (trial 1), "
+                "glf_exploratory (trial 4)") in caption
+    assert all((tmp_path / name).stat().st_size > 1000 for name in figures)
+
+
+def _replicates(loss: str, values: list[float], start: int, **metrics: list[float]) -> list[Trial]:
+    return [_trial(start + k, loss, value, None, {name: v[k] for name, v in metrics.items()},
+                   replicate=k) for k, value in enumerate(values)]
+
+
+def test_each_loss_is_tested_against_dice_on_the_replicates_both_trained():
+    dice = _replicates("dice", [0.5, 0.6, 0.7, 0.4], 0, recall=[0.25, 0.5, 0.75, 0.125])
+    glf = _replicates("glf", [0.55, 0.62, 0.71, 0.47], 10, recall=[0.5, 0.75, 1.0, 0.375])
+    other = _replicates("tversky", [0.5, 0.6, 0.7], 20, recall=[0.25, 0.5, 0.75])
+    failed = _trial(30, "tversky", 0.9, None, {}, replicate=3)
+    failed = dataclasses.replace(failed, state=TrialState.FAIL)
+    comparison = paired_comparison(dice + glf + other + [failed], metrics=("value", "recall"))
+    assert comparison.baseline == "dice" and comparison.header == ("loss", "value", "recall",
+                                                                   "pairs")
+    rows = {loss: (pairs, cells) for loss, pairs, cells in comparison.rows}
+    assert rows["tversky"] == (3, ((0.0, 1.0), (0.0, 1.0)))  # identical: no difference
+    pairs, ((value_difference, value_p), (recall_difference, recall_p)) = rows["glf"]
+    assert pairs == 4
+    assert value_difference == pytest.approx(0.0375)
+    assert value_p == pytest.approx(stats.ttest_rel([0.55, 0.62, 0.71, 0.47],
+                                                    [0.5, 0.6, 0.7, 0.4]).pvalue)
+    assert recall_difference == 0.25 and recall_p == 0.0  # a constant difference
+    text = comparison.text()
+    assert "paired t-tests against dice" in text and "+0.038 (p 0.072)  " in text
+    assert "+0.250 (p 0)*" in text
+    # without replicates (a search, not a comparison) there is nothing to pair
+    assert paired_comparison([_trial(1, "dice", 0.5, None, {})]) is None
+    assert paired_comparison(glf) is None  # no baseline
+
+
+def test_the_paired_tests_are_drawn_and_written_for_the_report(tmp_path):
+    dice = _replicates("dice", [0.5, 0.6, 0.7], 0)
+    glf = _replicates("glf", [0.55, 0.62, 0.75], 10)
+    figures = SegmentationTask().figures(dice + glf, tmp_path)
+    assert figures[0][0] == "paired_tests.png" and "paired t-test" in figures[0][1]
+    assert (tmp_path / "paired_tests.png").stat().st_size > 1000
+    text = (tmp_path / "paired_tests.txt").read_text()
+    assert text.startswith("paired t-tests against dice") and "\nglf " in text
 
 
 def test_plot_titles_carry_the_whole_configuration_wrapped():
