@@ -3,7 +3,7 @@ the same paired replicates, the results table with the Dice baseline's small-les
 the seconds per epoch, the paired t-tests against Dice and the report's figures (the GLF
 trajectories of both readings of the freeze rule and of the exploratory rule). A tiny variant
 (sizes rewritten in the TOML text, two replicates, trials in this process) runs in the default
-run; the example as shipped is a slow test (about 30 minutes on two idle cores)."""
+run; the example as shipped is a slow test (about 21 minutes on two idle cores)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def test_tiny_glf_small_lesions(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_glf_small_lesions(tmp_path, monkeypatch, capsys):
-    """The example as shipped (35 trainings, two at a time): about 30 minutes on two cores."""
+    """The example as shipped (35 trainings, two at a time): about 21 minutes on two idle cores."""
     monkeypatch.chdir(tmp_path)
     by_loss = _check(tmp_path, GLF.read_text(), _run(GLF, monkeypatch, capsys))
     # the calibrated regime: the Dice baseline is precise and misses small lesions
