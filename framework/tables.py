@@ -21,7 +21,7 @@ from typing import Any
 from rich.markup import escape
 
 from medtune.config import ConfigError, TableSpec, parse_config
-from medtune.search.objectives import Objectives, ObjectivesError
+from medtune.search.objectives import Objectives
 from medtune.study.store import StudyStore, Trial, TrialState
 
 
@@ -174,24 +174,18 @@ def front_table(trials: Iterable[Trial], objectives: Objectives,
     """The :class:`FrontTable` of ``trials`` (only COMPLETE ones count); at most
     ``max_infeasible`` infeasible trials are listed (the least violating first)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    readable = objectives.readable(complete)
+    values = {trial.id: named for trial, named in readable}
     front = objectives.front(complete)
-    front.sort(key=lambda t: objectives.scores(objectives.vector(
-        objectives.values(t.value, t.metrics)))[0])
-    infeasible = []
-    for trial in complete:
-        try:
-            named = objectives.values(trial.value, trial.metrics)
-        except ObjectivesError:
-            continue
-        if not objectives.feasible(named):
-            infeasible.append((objectives.violation(named), trial, named))
-    infeasible.sort(key=lambda item: (item[0], item[1].id))
+    front.sort(key=lambda t: objectives.scores(objectives.vector(values[t.id]))[0])
+    infeasible = sorted(((objectives.violation(named), trial, named) for trial, named in readable
+                         if not objectives.feasible(named)), key=lambda item: (item[0], item[1].id))
 
     def row(trial: Trial, named: Mapping[str, float], feasible: str) -> tuple[str, ...]:
         return (str(trial.id), *(format_number(named[n]) for n in objectives.names), feasible,
                 format_config(trial.config))
 
-    rows = [row(t, objectives.values(t.value, t.metrics), "yes") for t in front]
+    rows = [row(t, values[t.id], "yes") for t in front]
     for _, trial, named in infeasible[:max_infeasible]:
         rows.append(row(trial, named, "no: " + ", ".join(
             f"{c.name} = {format_number(named[c.name])}, not {c.operator} {c.bound:g}"

@@ -9,7 +9,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from medtune.search.objectives import Objectives, ObjectivesError
+from medtune.search.objectives import Objectives
 from medtune.study.store import StudyStore, Trial, TrialState
 from medtune.tables import front_table, study_objectives
 from medtune.tasks import Figure, pyplot
@@ -40,13 +40,8 @@ def pareto_figure(trials: Sequence[Trial], objectives: Objectives,
     parallel coordinates for more; None when no trial returned every value."""
     plt = pyplot()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    rows = []
-    for trial in complete:
-        try:
-            named = objectives.values(trial.value, trial.metrics)
-        except ObjectivesError:
-            continue
-        rows.append((trial, objectives.vector(named), objectives.feasible(named)))
+    rows = [(trial, objectives.vector(named), objectives.feasible(named))
+            for trial, named in objectives.readable(complete)]
     if not rows:
         return None
     on_front = {t.id for t in objectives.front(complete)}

@@ -171,15 +171,22 @@ class Objectives:
         """Total violation (0 for a feasible trial): the sum of each bound's overshoot."""
         return sum(c.violation(named[c.name]) for c in self.constraints)
 
+    def readable(self, trials: Iterable[Any]) -> list[tuple[Any, dict[str, float]]]:
+        """``(trial, named values)`` of each of ``trials`` (with ``value`` and ``metrics``)
+        that returned every objective and constrained value, in the order given."""
+        found = []
+        for trial in trials:
+            try:
+                found.append((trial, self.values(trial.value, trial.metrics)))
+            except ObjectivesError:
+                continue
+        return found
+
     def front(self, trials: Iterable[Any]) -> list[Any]:
         """The feasible, non-dominated ones among ``trials`` (COMPLETE ones, with ``value``
         and ``metrics``), in the order given; trials lacking a value are left out."""
         candidates, scores = [], []
-        for trial in trials:
-            try:
-                named = self.values(trial.value, trial.metrics)
-            except ObjectivesError:
-                continue
+        for trial, named in self.readable(trials):
             if self.feasible(named):
                 candidates.append(trial)
                 scores.append(self.scores(self.vector(named)))
