@@ -1,12 +1,16 @@
-"""New files made safely beside their final name: built under a temporary name in the same
-folder, then published by a hard link, which never replaces an existing file (a copy opened
-with ``O_EXCL`` where the file system has no hard links), and the folder synced."""
+"""Files made safely beside their final name: built under a temporary name in the same folder,
+then published by a hard link, which never replaces an existing file (a copy opened with
+``O_EXCL`` where the file system has no hard links), and the folder synced; or renamed over the
+final name (:func:`replacing`), so that a reader sees the old file or the new one, never half
+of one."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -15,6 +19,22 @@ def temporary_beside(path: Path) -> Path:
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(handle)
     return Path(name)
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """A new temporary file beside ``path`` (ending in ``suffix``, for writers that choose a
+    format by the name) to write in the block; renamed over ``path`` when the block succeeds,
+    removed when it fails, so ``path`` is never left half-written."""
+    path = Path(path)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def publish(source: Path, target: Path) -> None:

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from medtune.commands import Command
+from medtune.study.files import replacing
 
 
 class SampleCommand(Command):
@@ -65,22 +63,12 @@ class PlanCommand(Command):
         plan = make_plan(found, args.configuration, memory_budget_gb=args.budget)
         console.print(plan_table(plan, found))
         path = dataset.root / "plan.json"
-        write_json(path, plan.to_json())
+        with replacing(path) as temporary:
+            temporary.write_text(json.dumps(plan.to_json(), indent=2) + "\n")
         console.print(f"wrote {path}; next: a study of the scans task on it, with "
                       f'task = "scans" under [objective] and data = "{args.data}" under '
                       "[objective.settings]", markup=False)
         return 0
-
-
-def write_json(path: Path, content: Any) -> None:
-    """Write ``content`` as JSON to ``path`` under a temporary name, then rename it."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(json.dumps(content, indent=2) + "\n")
-        os.replace(name, path)
-    finally:
-        Path(name).unlink(missing_ok=True)
 
 
 #: ``{name: command}`` as registered under the ``command`` kind by the built-in plugin.

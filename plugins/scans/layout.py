@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from medtune.errors import MedtuneError
+from medtune.study.files import replacing
 
 #: File endings this reader handles (nibabel's NIfTI).
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -313,15 +312,8 @@ def write_volume(path: str | Path, array: np.ndarray, affine: np.ndarray,
     if header is None:
         image.header.set_xyzt_units("mm")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:-len(ending)]}.",
-                                         suffix=ending)
-    os.close(handle)
-    try:
+    with replacing(path, suffix=ending) as temporary:  # nibabel picks the format by the name
         nib.save(image, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from medtune.errors import MedtuneError
 from medtune.plugins.scans.layout import ScanCase, ScanDataset, Volume, read_case
 from medtune.plugins.scans.plan import Plan
+from medtune.study.files import replacing
 
 #: Floor of a standard deviation that normalisation divides by (a constant image stays finite).
 MIN_STD = 1e-8
@@ -167,14 +167,8 @@ class PreprocessedCache:
         arrays = {"image": image, "source": np.asarray(source)}
         if label is not None:
             arrays["label"] = label
-        handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=f".{case.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(file, **arrays)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with replacing(path) as temporary, open(temporary, "wb") as file:
+            np.savez(file, **arrays)
         return image, label
 
 

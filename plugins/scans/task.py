@@ -9,13 +9,10 @@ foreground Dice; ``value`` is that mean after the last epoch (higher is better) 
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import gc
 import json
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +37,7 @@ from medtune.plugins.scans.predict import (
     resolve_device,
 )
 from medtune.study.artifacts import trial_folder
+from medtune.study.files import replacing
 from medtune.study.executors import is_out_of_memory
 from medtune.tasks import Setting, Task, stop_if_diverged
 
@@ -679,21 +677,10 @@ def write_model(folder: Path, run: CrossValidation, dataset: ScanDataset) -> Non
         weights = folder / f"fold_{fold.fold.index}" / "weights.pt"
         weights.parent.mkdir(parents=True, exist_ok=True)
         state = {name: tensor.detach().cpu() for name, tensor in fold.model.state_dict().items()}
-        with _atomic(weights) as temporary:
+        with replacing(weights) as temporary:
             torch.save(state, temporary)
     for name, content in (("plan.json", run.plan.to_json()), ("model.json", description)):
-        with _atomic(folder / name) as temporary:
+        with replacing(folder / name) as temporary:
             temporary.write_text(json.dumps(content, indent=2, default=str) + "\n")
 
 
-@contextlib.contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed to it when the block succeeds."""
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
-    temporary = Path(name)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
